@@ -1,0 +1,59 @@
+# PixelRPC — every target creates .venv and installs what it needs, so a fresh clone works.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PROTO_DIR := protos
+PROTO_OUT := protos/pixelrpc/v1
+PROTOS := $(wildcard $(PROTO_OUT)/*.proto)
+BUF_VERSION := 1.75.0
+
+.PHONY: install test demo lint protos check-protos bench compose-test clean help
+
+help:
+	@echo "make demo          install, then run the demo on the embedded default models"
+	@echo "make test          install, then run the test suite (includes the generated-code drift check)"
+	@echo "make lint          ruff + buf lint"
+	@echo "make protos        regenerate protos/pixelrpc/v1/*_pb2*.py(i)"
+	@echo "make bench         run the benchmarks in bench/"
+	@echo "make compose-test  build the image and test the docker-compose deployment (not part of make test)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
+		--python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) \
+		$(PROTOS)
+
+check-protos: $(STAMP)
+	$(PY) scripts/check_protos.py
+
+test: $(STAMP) check-protos
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP) check-protos
+	$(VENV)/bin/ruff check .
+	@if [ ! -x node_modules/.bin/buf ]; then npm install --no-save --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION); fi
+	node_modules/.bin/buf lint
+
+demo: $(STAMP)
+	$(PY) -m pixelrpc.clients.demo
+
+bench: $(STAMP)
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+compose-test:
+	bash scripts/compose_test.sh
+
+clean:
+	rm -rf build dist *.egg-info demo-output .pytest_cache

@@ -1,0 +1,256 @@
+"""Channels, credentials, retries and error conversion shared by every service client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from pixelrpc.clients.errors import from_grpc
+from pixelrpc.v1 import common_pb2, registry_pb2, registry_pb2_grpc, server_pb2, server_pb2_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_TIMEOUT = 60.0
+
+# Retry UNAVAILABLE (a restarting or overloaded replica) with exponential backoff; gRPC applies it
+# transparently before any response message has arrived.
+RETRY_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": s} for s in (
+            "pixelrpc.v1.CaptioningService", "pixelrpc.v1.VisualizationService",
+            "pixelrpc.v1.StyleTransferService", "pixelrpc.v1.ModelRegistry", "pixelrpc.v1.ServerInfo",
+            "grpc.health.v1.Health")],
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+}
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Client TLS: ``ca`` verifies the server; ``cert``/``key`` for mutual TLS; ``server_name`` overrides SNI."""
+
+    ca: str | bytes | None = None
+    cert: str | bytes | None = None
+    key: str | bytes | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(v):
+            if v is None or isinstance(v, bytes):
+                return v
+            return Path(v).read_bytes()
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+def _target(addr: str | Sequence[str]) -> str:
+    """One address, or several balanced with round_robin through the ``ipv4:`` resolver."""
+    if isinstance(addr, str):
+        parts = [a.strip() for a in addr.split(",") if a.strip()]
+    else:
+        parts = list(addr)
+    if len(parts) == 1:
+        return parts[0]
+    hosts = []
+    for p in parts:
+        host = p.replace("localhost", "127.0.0.1")
+        hosts.append(host)
+    return "ipv4:" + ",".join(hosts)
+
+
+def channel_options(max_message_bytes: int, tls: TLSConfig | None) -> list[tuple]:
+    opts = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+    ]
+    if tls is not None and tls.server_name:
+        opts.append(("grpc.ssl_target_name_override", tls.server_name))
+    return opts
+
+
+class _Base:
+    def __init__(self, target: str | Sequence[str], *, timeout: float | None = DEFAULT_TIMEOUT,
+                 token: str | None = None, tls: TLSConfig | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.target = _target(target)
+        self.timeout = timeout
+        self.token = token
+        self.tls = tls
+        self._options = channel_options(max_message_bytes, tls)
+
+    def metadata(self, request_id: str | None = None) -> list[tuple[str, str]]:
+        md = []
+        if self.token:
+            md.append(("authorization", f"Bearer {self.token}"))
+        if request_id:
+            md.append(("x-request-id", request_id))
+        return md
+
+
+class ServiceClient(_Base):
+    """A synchronous client of one PixelRPC server. Every call raises ``RpcError`` subclasses."""
+
+    def __init__(self, target, **kw):
+        super().__init__(target, **kw)
+        if self.tls is not None:
+            self.channel = grpc.secure_channel(self.target, self.tls.credentials(), options=self._options)
+        else:
+            self.channel = grpc.insecure_channel(self.target, options=self._options)
+        self._registry = registry_pb2_grpc.ModelRegistryStub(self.channel)
+        self._info = server_pb2_grpc.ServerInfoStub(self.channel)
+        self.registry = RegistryClient(self)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def unary(self, method, request, *, timeout: float | None = None, request_id: str | None = None):
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self.metadata(request_id))
+        except grpc.RpcError as exc:
+            raise from_grpc(exc) from None
+
+    def stream(self, method, request, *, timeout: float | None = None, request_id: str | None = None):
+        """Iterate a server-streaming call; cancel it by closing the generator."""
+        call = method(request, timeout=timeout or self.timeout, metadata=self.metadata(request_id))
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_grpc(exc) from None
+        finally:
+            call.cancel()
+
+    def server_info(self) -> server_pb2.GetServerInfoResponse:
+        return self.unary(self._info.GetServerInfo, server_pb2.GetServerInfoRequest())
+
+    def describe_image(self, data: bytes) -> server_pb2.DescribeImageResponse:
+        return self.unary(self._info.DescribeImage,
+                          server_pb2.DescribeImageRequest(image=common_pb2.Image(data=data)))
+
+    def health(self, service: str = "", timeout: float = 5.0) -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = self.unary(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+class AsyncServiceClient(_Base):
+    """The asyncio flavour of ServiceClient (grpc.aio channel)."""
+
+    def __init__(self, target, **kw):
+        super().__init__(target, **kw)
+        if self.tls is not None:
+            self.channel = grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self._options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target, options=self._options)
+        self._registry = registry_pb2_grpc.ModelRegistryStub(self.channel)
+        self._info = server_pb2_grpc.ServerInfoStub(self.channel)
+        self.registry = AsyncRegistryClient(self)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def unary(self, method, request, *, timeout: float | None = None, request_id: str | None = None):
+        try:
+            return await method(request, timeout=timeout or self.timeout, metadata=self.metadata(request_id))
+        except grpc.RpcError as exc:
+            raise from_grpc(exc) from None
+
+    async def stream(self, method, request, *, timeout: float | None = None, request_id: str | None = None):
+        call = method(request, timeout=timeout or self.timeout, metadata=self.metadata(request_id))
+        try:
+            async for item in call:
+                yield item
+        except grpc.RpcError as exc:
+            raise from_grpc(exc) from None
+        finally:
+            call.cancel()
+
+    async def server_info(self):
+        return await self.unary(self._info.GetServerInfo, server_pb2.GetServerInfoRequest())
+
+    async def health(self, service: str = "", timeout: float = 5.0) -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = await self.unary(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    version: int
+    tasks: tuple[str, ...]
+    framework: str
+    sha256: str
+    loaded: bool
+    is_default: bool
+    created: str
+    metadata: dict
+    files: tuple[tuple[str, str, int], ...]
+
+    @classmethod
+    def from_pb(cls, m: registry_pb2.ModelInfo) -> ModelSummary:
+        return cls(m.name, m.version, tuple(m.tasks), m.framework, m.sha256, m.loaded, m.is_default,
+                   m.created.ToJsonString() if m.created.seconds else "", dict(m.metadata),
+                   tuple((f.name, f.sha256, f.size) for f in m.files))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, "tasks": list(self.tasks),
+                "framework": self.framework, "sha256": self.sha256, "loaded": self.loaded,
+                "default": self.is_default, "created": self.created,
+                "files": [{"name": n, "sha256": s, "size": z} for n, s, z in self.files]}
+
+
+class RegistryClient:
+    def __init__(self, owner: ServiceClient):
+        self._owner = owner
+
+    def list(self, task: str = "", all_versions: bool = False) -> list[ModelSummary]:
+        resp = self._owner.unary(self._owner._registry.ListModels,
+                                 registry_pb2.ListModelsRequest(task=task, all_versions=all_versions))
+        return [ModelSummary.from_pb(m) for m in resp.models]
+
+    def get(self, name: str, version: int = 0) -> ModelSummary:
+        resp = self._owner.unary(self._owner._registry.GetModel, registry_pb2.GetModelRequest(
+            model=common_pb2.ModelRef(name=name, version=version)))
+        return ModelSummary.from_pb(resp.model)
+
+
+class AsyncRegistryClient:
+    def __init__(self, owner: AsyncServiceClient):
+        self._owner = owner
+
+    async def list(self, task: str = "", all_versions: bool = False) -> list[ModelSummary]:
+        resp = await self._owner.unary(self._owner._registry.ListModels,
+                                       registry_pb2.ListModelsRequest(task=task, all_versions=all_versions))
+        return [ModelSummary.from_pb(m) for m in resp.models]
+
+    async def get(self, name: str, version: int = 0) -> ModelSummary:
+        resp = await self._owner.unary(self._owner._registry.GetModel, registry_pb2.GetModelRequest(
+            model=common_pb2.ModelRef(name=name, version=version)))
+        return ModelSummary.from_pb(resp.model)

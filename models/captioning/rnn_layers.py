@@ -1,0 +1,394 @@
+"""Recurrent layers for image captioning, in pure numpy (CS231n 2017, assignment 3).
+
+Each ``*_forward`` returns ``(out, cache)`` and each ``*_backward`` takes ``(dout, cache)``; the
+backward passes only use what their forward cached and never recompute the forward pass.
+
+Dimension letters, used throughout:
+
+- N: minibatch size
+- T: sequence length (time steps)
+- D: input dimension (word vector size for the recurrent layers, image feature size for the
+  projection)
+- H: hidden state size
+- V: vocabulary size
+- M: output size of an affine layer
+
+Conventions:
+
+- The vanilla RNN uses ``tanh`` (Elman, "Finding structure in time", 1990).
+- The LSTM (Hochreiter & Schmidhuber, "Long short-term memory", 1997; with the forget gate of
+  Gers et al., 2000) has 4H pre-activations split in the order input i, forget f, output o,
+  block input g: ``i, f, o = sigmoid(.)``, ``g = tanh(.)``, ``c_t = f * c_{t-1} + i * g``,
+  ``h_t = o * tanh(c_t)``. The initial cell state is zero.
+- The temporal softmax loss is summed over time and over all unmasked positions, then divided by N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --------------------------------------------------------------------------- activations
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, numerically stable for large |x| (no overflow in ``exp``)."""
+    z = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)).astype(x.dtype, copy=False)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``log(softmax(x))`` along ``axis``, shifted by the maximum so that it never overflows."""
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+# --------------------------------------------------------------------------- affine layers
+
+
+def affine_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray):
+    """Fully connected layer ``out = x w + b`` (used for the image projection to h0).
+
+    Inputs:
+    - x: (N, D) inputs
+    - w: (D, M) weights
+    - b: (M,) biases
+
+    Returns ``(out, cache)``: out (N, M).
+    """
+    out = x @ w + b  # (N, M)
+    return out, (x, w)
+
+
+def affine_backward(dout: np.ndarray, cache):
+    """Backward pass of ``affine_forward``.
+
+    Inputs:
+    - dout: (N, M) upstream gradient
+    - cache: from ``affine_forward``
+
+    Returns ``dx (N, D), dw (D, M), db (M,)``.
+    """
+    x, w = cache
+    dx = dout @ w.T  # (N, D)
+    dw = x.T @ dout  # (D, M)
+    db = dout.sum(axis=0)  # (M,)
+    return dx, dw, db
+
+
+def temporal_affine_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray):
+    """The same affine layer applied at every time step (hidden states -> vocabulary scores).
+
+    Inputs:
+    - x: (N, T, D) inputs
+    - w: (D, M) weights
+    - b: (M,) biases
+
+    Returns ``(out, cache)``: out (N, T, M).
+    """
+    N, T, D = x.shape
+    out = (x.reshape(N * T, D) @ w).reshape(N, T, -1) + b  # (N, T, M)
+    return out, (x, w)
+
+
+def temporal_affine_backward(dout: np.ndarray, cache):
+    """Backward pass of ``temporal_affine_forward``.
+
+    Inputs:
+    - dout: (N, T, M) upstream gradient
+    - cache: from ``temporal_affine_forward``
+
+    Returns ``dx (N, T, D), dw (D, M), db (M,)``.
+    """
+    x, w = cache
+    N, T, D = x.shape
+    M = dout.shape[2]
+    dout_flat = dout.reshape(N * T, M)  # (N*T, M)
+    dx = (dout_flat @ w.T).reshape(N, T, D)  # (N, T, D)
+    dw = x.reshape(N * T, D).T @ dout_flat  # (D, M)
+    db = dout_flat.sum(axis=0)  # (M,)
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------- word embedding
+
+
+def word_embedding_forward(x: np.ndarray, W: np.ndarray):
+    """Look up the vector of each word index.
+
+    Inputs:
+    - x: (N, T) integer word indices in [0, V)
+    - W: (V, D) word vectors
+
+    Returns ``(out, cache)``: out (N, T, D).
+    """
+    out = W[x]  # (N, T, D)
+    return out, (x, W.shape, W.dtype)
+
+
+def word_embedding_backward(dout: np.ndarray, cache):
+    """Backward pass of ``word_embedding_forward``; a word used several times accumulates.
+
+    Inputs:
+    - dout: (N, T, D) upstream gradient
+    - cache: from ``word_embedding_forward``
+
+    Returns ``dW`` (V, D).
+    """
+    x, w_shape, w_dtype = cache
+    dW = np.zeros(w_shape, dtype=w_dtype)
+    np.add.at(dW, x.reshape(-1), dout.reshape(-1, w_shape[1]))  # unbuffered: repeats add up
+    return dW
+
+
+# --------------------------------------------------------------------------- vanilla RNN
+
+
+def rnn_step_forward(x: np.ndarray, prev_h: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray):
+    """One time step of a tanh RNN: ``next_h = tanh(x Wx + prev_h Wh + b)``.
+
+    Inputs:
+    - x: (N, D) inputs at this step
+    - prev_h: (N, H) previous hidden state
+    - Wx: (D, H) input-to-hidden weights
+    - Wh: (H, H) hidden-to-hidden weights
+    - b: (H,) biases
+
+    Returns ``(next_h, cache)``: next_h (N, H).
+    """
+    next_h = np.tanh(x @ Wx + prev_h @ Wh + b)  # (N, H)
+    return next_h, (x, prev_h, Wx, Wh, next_h)
+
+
+def rnn_step_backward(dnext_h: np.ndarray, cache):
+    """Backward pass of ``rnn_step_forward``.
+
+    Inputs:
+    - dnext_h: (N, H) gradient of the loss with respect to next_h
+    - cache: from ``rnn_step_forward``
+
+    Returns ``dx (N, D), dprev_h (N, H), dWx (D, H), dWh (H, H), db (H,)``.
+    """
+    x, prev_h, Wx, Wh, next_h = cache
+    da = dnext_h * (1.0 - next_h**2)  # (N, H) through tanh, from the cached output
+    dx = da @ Wx.T  # (N, D)
+    dprev_h = da @ Wh.T  # (N, H)
+    dWx = x.T @ da  # (D, H)
+    dWh = prev_h.T @ da  # (H, H)
+    db = da.sum(axis=0)  # (H,)
+    return dx, dprev_h, dWx, dWh, db
+
+
+def rnn_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray):
+    """A tanh RNN over a whole sequence.
+
+    The input projection ``x Wx + b`` of all T steps is one matrix product; only the recurrence
+    ``h_{t-1} Wh`` runs step by step. The result equals looping ``rnn_step_forward``.
+
+    Inputs:
+    - x: (N, T, D) input sequence
+    - h0: (N, H) initial hidden state
+    - Wx: (D, H) input-to-hidden weights
+    - Wh: (H, H) hidden-to-hidden weights
+    - b: (H,) biases
+
+    Returns ``(h, cache)``: h (N, T, H), the hidden state at every step.
+    """
+    N, T, D = x.shape
+    H = h0.shape[1]
+    x_proj = (x.reshape(N * T, D) @ Wx).reshape(N, T, H) + b  # (N, T, H)
+    h = np.empty((N, T, H), dtype=np.result_type(x_proj, h0))
+    prev_h = h0
+    for t in range(T):
+        prev_h = np.tanh(x_proj[:, t] + prev_h @ Wh)  # (N, H)
+        h[:, t] = prev_h
+    return h, (x, h0, Wx, Wh, h)
+
+
+def rnn_backward(dh: np.ndarray, cache):
+    """Backward pass of ``rnn_forward``, back-propagating through time.
+
+    Inputs:
+    - dh: (N, T, H) upstream gradient of every hidden state
+    - cache: from ``rnn_forward``
+
+    Returns ``dx (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)``.
+    """
+    x, h0, Wx, Wh, h = cache
+    N, T, D = x.shape
+    H = h0.shape[1]
+    da = np.empty_like(h)  # (N, T, H) gradient of the pre-activations
+    dWh = np.zeros_like(Wh)
+    dnext_h = np.zeros_like(h0)  # (N, H) gradient flowing back through the recurrence
+    for t in reversed(range(T)):
+        da_t = (dh[:, t] + dnext_h) * (1.0 - h[:, t] ** 2)  # (N, H)
+        da[:, t] = da_t
+        prev_h = h[:, t - 1] if t > 0 else h0
+        dWh += prev_h.T @ da_t
+        dnext_h = da_t @ Wh.T  # (N, H)
+    da_flat = da.reshape(N * T, H)  # (N*T, H)
+    dx = (da_flat @ Wx.T).reshape(N, T, D)  # (N, T, D)
+    dWx = x.reshape(N * T, D).T @ da_flat  # (D, H)
+    db = da_flat.sum(axis=0)  # (H,)
+    return dx, dnext_h, dWx, dWh, db
+
+
+# --------------------------------------------------------------------------- LSTM
+
+
+def _lstm_gates(a: np.ndarray, H: int):
+    """Split 4H pre-activations (…, 4H) into gate activations i, f, o, g, each (…, H)."""
+    ifo = sigmoid(a[..., : 3 * H])  # (..., 3H)
+    g = np.tanh(a[..., 3 * H :])  # (..., H)
+    return ifo[..., :H], ifo[..., H : 2 * H], ifo[..., 2 * H :], g
+
+
+def _lstm_gate_grads(dc, dnext_h, i, f, o, g, prev_c, tanh_c):
+    """Gradients of the 4H pre-activations of one step, and of the previous cell state.
+
+    ``dc`` is the gradient reaching ``c_t`` from the next step; ``dnext_h`` the gradient of ``h_t``.
+    Every input is (N, H); returns ``da (N, 4H), dprev_c (N, H)``.
+    """
+    dc = dc + dnext_h * o * (1.0 - tanh_c**2)  # (N, H) total gradient of c_t
+    di = dc * g * i * (1.0 - i)
+    df = dc * prev_c * f * (1.0 - f)
+    do = dnext_h * tanh_c * o * (1.0 - o)
+    dg = dc * i * (1.0 - g**2)
+    da = np.concatenate([di, df, do, dg], axis=1)  # (N, 4H)
+    return da, dc * f
+
+
+def lstm_step_forward(
+    x: np.ndarray, prev_h: np.ndarray, prev_c: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray
+):
+    """One time step of an LSTM (gate order i, f, o, g).
+
+    Inputs:
+    - x: (N, D) inputs at this step
+    - prev_h: (N, H) previous hidden state
+    - prev_c: (N, H) previous cell state
+    - Wx: (D, 4H) input-to-hidden weights
+    - Wh: (H, 4H) hidden-to-hidden weights
+    - b: (4H,) biases
+
+    Returns ``(next_h, next_c, cache)``: next_h (N, H), next_c (N, H).
+    """
+    H = prev_h.shape[1]
+    a = x @ Wx + prev_h @ Wh + b  # (N, 4H)
+    i, f, o, g = _lstm_gates(a, H)  # 4 x (N, H)
+    next_c = f * prev_c + i * g  # (N, H)
+    tanh_c = np.tanh(next_c)
+    next_h = o * tanh_c  # (N, H)
+    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c)
+
+
+def lstm_step_backward(dnext_h: np.ndarray, dnext_c: np.ndarray, cache):
+    """Backward pass of ``lstm_step_forward``.
+
+    Inputs:
+    - dnext_h: (N, H) gradient of the next hidden state
+    - dnext_c: (N, H) gradient of the next cell state
+    - cache: from ``lstm_step_forward``
+
+    Returns ``dx (N, D), dprev_h (N, H), dprev_c (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)``.
+    """
+    x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c = cache
+    da, dprev_c = _lstm_gate_grads(dnext_c, dnext_h, i, f, o, g, prev_c, tanh_c)  # (N, 4H), (N, H)
+    dx = da @ Wx.T  # (N, D)
+    dprev_h = da @ Wh.T  # (N, H)
+    dWx = x.T @ da  # (D, 4H)
+    dWh = prev_h.T @ da  # (H, 4H)
+    db = da.sum(axis=0)  # (4H,)
+    return dx, dprev_h, dprev_c, dWx, dWh, db
+
+
+def lstm_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray):
+    """An LSTM over a whole sequence; the initial cell state is zero.
+
+    As in ``rnn_forward``, the input projection of all T steps is one matrix product.
+
+    Inputs:
+    - x: (N, T, D) input sequence
+    - h0: (N, H) initial hidden state
+    - Wx: (D, 4H) input-to-hidden weights
+    - Wh: (H, 4H) hidden-to-hidden weights
+    - b: (4H,) biases
+
+    Returns ``(h, cache)``: h (N, T, H), the hidden state at every step.
+    """
+    N, T, D = x.shape
+    H = h0.shape[1]
+    x_proj = (x.reshape(N * T, D) @ Wx).reshape(N, T, 4 * H) + b  # (N, T, 4H)
+    dtype = np.result_type(x_proj, h0)
+    gates = np.empty((4, N, T, H), dtype=dtype)  # i, f, o, g at every step
+    c = np.empty((N, T, H), dtype=dtype)
+    tanh_c = np.empty((N, T, H), dtype=dtype)
+    h = np.empty((N, T, H), dtype=dtype)
+    prev_h, prev_c = h0, np.zeros_like(h0)
+    for t in range(T):
+        i, f, o, g = _lstm_gates(x_proj[:, t] + prev_h @ Wh, H)  # 4 x (N, H)
+        prev_c = f * prev_c + i * g  # (N, H)
+        tanh_c[:, t] = np.tanh(prev_c)
+        prev_h = o * tanh_c[:, t]  # (N, H)
+        gates[0, :, t], gates[1, :, t], gates[2, :, t], gates[3, :, t] = i, f, o, g
+        c[:, t], h[:, t] = prev_c, prev_h
+    return h, (x, h0, Wx, Wh, gates, c, tanh_c, h)
+
+
+def lstm_backward(dh: np.ndarray, cache):
+    """Backward pass of ``lstm_forward``, back-propagating through time.
+
+    Inputs:
+    - dh: (N, T, H) upstream gradient of every hidden state
+    - cache: from ``lstm_forward``
+
+    Returns ``dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)``.
+    """
+    x, h0, Wx, Wh, gates, c, tanh_c, h = cache
+    N, T, D = x.shape
+    H = h0.shape[1]
+    da = np.empty((N, T, 4 * H), dtype=h.dtype)  # gradient of the pre-activations
+    dWh = np.zeros_like(Wh)
+    dnext_h = np.zeros_like(h0)  # (N, H) through the recurrence
+    dnext_c = np.zeros_like(h0)  # (N, H)
+    zeros = np.zeros_like(h0)
+    for t in reversed(range(T)):
+        prev_h = h[:, t - 1] if t > 0 else h0
+        prev_c = c[:, t - 1] if t > 0 else zeros
+        da_t, dnext_c = _lstm_gate_grads(
+            dnext_c, dh[:, t] + dnext_h, gates[0, :, t], gates[1, :, t], gates[2, :, t], gates[3, :, t],
+            prev_c, tanh_c[:, t],
+        )  # (N, 4H), (N, H)
+        da[:, t] = da_t
+        dWh += prev_h.T @ da_t
+        dnext_h = da_t @ Wh.T  # (N, H)
+    da_flat = da.reshape(N * T, 4 * H)  # (N*T, 4H)
+    dx = (da_flat @ Wx.T).reshape(N, T, D)  # (N, T, D)
+    dWx = x.reshape(N * T, D).T @ da_flat  # (D, 4H)
+    db = da_flat.sum(axis=0)  # (4H,)
+    return dx, dnext_h, dWx, dWh, db
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def temporal_softmax_loss(x: np.ndarray, y: np.ndarray, mask: np.ndarray):
+    """Softmax cross-entropy at every time step, summed over time and unmasked positions, over N.
+
+    Inputs:
+    - x: (N, T, V) scores
+    - y: (N, T) integer targets in [0, V)
+    - mask: (N, T) booleans; False positions (padding) do not count
+
+    Returns ``(loss, dx)``: a float and dx (N, T, V).
+    """
+    N, T, V = x.shape
+    x_flat = x.reshape(N * T, V)  # (N*T, V)
+    y_flat = y.reshape(N * T)
+    mask_flat = mask.reshape(N * T).astype(x.dtype)  # (N*T,)
+    logp = log_softmax(x_flat, axis=1)  # (N*T, V)
+    rows = np.arange(N * T)
+    loss = -np.sum(mask_flat * logp[rows, y_flat]) / N
+    dx_flat = np.exp(logp)  # (N*T, V) softmax probabilities
+    dx_flat[rows, y_flat] -= 1.0
+    dx_flat *= mask_flat[:, None] / N
+    return float(loss), dx_flat.reshape(N, T, V)

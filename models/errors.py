@@ -1,0 +1,96 @@
+"""Typed domain errors.
+
+Domain code (everything under ``pixelrpc.models``) raises these and never imports grpc.
+The service layer maps each class to a gRPC status code in one table
+(``pixelrpc.services.errors.STATUS_FOR_ERROR``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: ``field`` is a dotted path (``options.beam_width``)."""
+
+    field: str
+    description: str
+
+
+class PixelRPCError(Exception):
+    """Base class of every error the domain raises on purpose."""
+
+    def __init__(self, message: str, *, violations: list[FieldViolation] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.violations: list[FieldViolation] = list(violations or [])
+
+
+class InvalidInput(PixelRPCError):
+    """The caller sent something malformed or out of range (INVALID_ARGUMENT)."""
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 violations: list[FieldViolation] | None = None):
+        vs = list(violations or [])
+        if field is not None and not vs:
+            vs.append(FieldViolation(field, message))
+        super().__init__(message, violations=vs)
+
+
+class ModelNotFound(PixelRPCError):
+    """No such model or version in the registry (NOT_FOUND)."""
+
+
+class ModelCorrupt(PixelRPCError):
+    """A stored model failed verification (sha256 mismatch, missing file, unsafe format) (DATA_LOSS)."""
+
+
+class FailedPrecondition(PixelRPCError):
+    """The request is well formed but the system is not in a state to run it (FAILED_PRECONDITION)."""
+
+
+class Overloaded(PixelRPCError):
+    """The queue is full (RESOURCE_EXHAUSTED)."""
+
+
+class LimitExceeded(PixelRPCError):
+    """A payload is larger than a configured limit (RESOURCE_EXHAUSTED)."""
+
+
+class RegistryConflict(PixelRPCError):
+    """Publishing lost a race or would overwrite an existing version (ALREADY_EXISTS)."""
+
+
+class Cancelled(PixelRPCError):
+    """The caller went away; the job stopped between two steps (CANCELLED)."""
+
+
+class DeadlineExceeded(PixelRPCError):
+    """The job ran out of its deadline (DEADLINE_EXCEEDED)."""
+
+
+@dataclass
+class CancelToken:
+    """A flag a long job polls between steps; the service sets it on cancel or deadline."""
+
+    reason: str | None = None
+    deadline: float | None = None  # time.monotonic() value
+    _cancelled: bool = field(default=False, repr=False)
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        self.reason = reason
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` or ``DeadlineExceeded`` if the job should stop now."""
+        import time
+
+        if self._cancelled:
+            raise Cancelled(self.reason or "cancelled")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded("the call's deadline passed before the job finished")

@@ -1,0 +1,97 @@
+"""The assignment's three parameter sets, and the per-model multipliers of the loss weights.
+
+Loss weights are always given in *reference units*: the units of torchvision's ImageNet-normalised
+SqueezeNet 1.1, for which the CS231n 2017 presets were tuned. A feature network whose activations
+have another scale carries in its manifest ``metadata["style_weight_multipliers"]`` three numbers
+``{"content": a, "style": b, "tv": c}``; the weights actually used are ``a * content_weight``,
+``b * style_weights[l]`` and ``c * tv_weight``. How they are measured: ``calibrate.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from pixelrpc.models.errors import InvalidInput, ModelCorrupt
+
+MULTIPLIERS_KEY = "style_weight_multipliers"
+
+
+@dataclass(frozen=True)
+class WeightMultipliers:
+    """Factors that turn reference-unit loss weights into a given model's units."""
+
+    content: float = 1.0
+    style: float = 1.0
+    tv: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise InvalidInput(f"style weight multiplier {name!r} must be a finite number > 0, got {value!r}",
+                                   field=f"{MULTIPLIERS_KEY}.{name}")
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping | None) -> WeightMultipliers:
+        """The multipliers a manifest's metadata carries; all 1 when it carries none."""
+        raw = (metadata or {}).get(MULTIPLIERS_KEY)
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping) or set(raw) - {"content", "style", "tv"}:
+            raise ModelCorrupt(f"metadata[{MULTIPLIERS_KEY!r}] must map 'content', 'style' and 'tv' to numbers, "
+                               f"got {raw!r}")
+        try:
+            return cls(**{k: float(v) for k, v in raw.items()})
+        except (TypeError, ValueError, InvalidInput) as exc:
+            raise ModelCorrupt(f"metadata[{MULTIPLIERS_KEY!r}] is invalid: {exc}") from exc
+
+    def to_metadata(self) -> dict:
+        """``{"style_weight_multipliers": {...}}``, ready to merge into a manifest's metadata."""
+        return {MULTIPLIERS_KEY: asdict(self)}
+
+
+# Measured once by ``python -m pixelrpc.models.style.calibrate`` on the Caffe SqueezeNet 1.1 trunk of
+# ``sqz_notop.mat`` (see that module and the README for the procedure and the raw numbers). The
+# importer of that trunk (``zoo.import_caffe_squeezenet``) should merge ``.to_metadata()`` into the
+# manifest.
+CAFFE_SQUEEZENET_MULTIPLIERS = WeightMultipliers(content=1.0, style=1.0, tv=1.0)
+
+
+@dataclass(frozen=True)
+class StylePreset:
+    """One of the assignment's parameter sets (weights in reference units)."""
+
+    name: str
+    image_size: int
+    style_size: int
+    content_layer: int
+    content_weight: float
+    style_layers: tuple[int, ...]
+    style_weights: tuple[float, ...]
+    tv_weight: float
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of ``style_transfer`` this preset sets."""
+        out = asdict(self)
+        del out["name"]
+        return out
+
+
+PRESETS: dict[str, StylePreset] = {
+    p.name: p
+    for p in (
+        StylePreset("composition_vii", 192, 512, 3, 5e-2, (1, 4, 6, 7), (20000.0, 500.0, 12.0, 1.0), 5e-2),
+        StylePreset("the_scream", 192, 224, 3, 3e-2, (1, 4, 6, 7), (200000.0, 800.0, 12.0, 1.0), 2e-2),
+        StylePreset("starry_night", 192, 192, 3, 6e-2, (1, 4, 6, 7), (300000.0, 1000.0, 15.0, 3.0), 2e-2),
+    )
+}
+
+
+def get_preset(name: str) -> StylePreset:
+    """The preset called ``name``; InvalidInput listing the known ones otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InvalidInput(f"unknown style preset {name!r}; known presets: {', '.join(sorted(PRESETS))}",
+                           field="preset") from None

@@ -1,0 +1,65 @@
+"""Conversions between protobuf messages and domain values (numpy arrays, PIL images, manifests)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from google.protobuf import timestamp_pb2
+
+from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.imaging import encode_png
+from pixelrpc.models.registry import Manifest
+from pixelrpc.v1 import common_pb2, registry_pb2
+
+DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32,
+          "uint8": np.uint8}
+MAX_TENSOR_ELEMENTS = 1 << 26
+
+
+def tensor_to_numpy(pb: common_pb2.Tensor, field: str = "tensor") -> np.ndarray:
+    if pb.dtype not in DTYPES:
+        raise InvalidInput(f"{field}.dtype {pb.dtype!r} is not one of {', '.join(DTYPES)}", field=f"{field}.dtype")
+    shape = tuple(int(s) for s in pb.shape)
+    if any(s < 0 for s in shape):
+        raise InvalidInput(f"{field}.shape {list(shape)} has a negative dimension", field=f"{field}.shape")
+    count = int(np.prod(shape)) if shape else 1
+    if count > MAX_TENSOR_ELEMENTS:
+        raise InvalidInput(f"{field} has {count:,} elements, over the limit of {MAX_TENSOR_ELEMENTS:,}",
+                           field=f"{field}.shape")
+    dtype = np.dtype(DTYPES[pb.dtype]).newbyteorder("<")
+    expected = count * dtype.itemsize
+    if len(pb.data) != expected:
+        raise InvalidInput(
+            f"{field}.data has {len(pb.data)} bytes but shape {list(shape)} of {pb.dtype} needs {expected}",
+            field=f"{field}.data")
+    return np.frombuffer(pb.data, dtype=dtype).reshape(shape).astype(DTYPES[pb.dtype])
+
+
+def numpy_to_tensor(arr: np.ndarray) -> common_pb2.Tensor:
+    arr = np.asarray(arr)
+    name = arr.dtype.name
+    if name not in DTYPES:
+        arr, name = arr.astype(np.float32), "float32"
+    data = np.ascontiguousarray(arr, dtype=np.dtype(DTYPES[name]).newbyteorder("<")).tobytes()
+    return common_pb2.Tensor(shape=list(arr.shape), dtype=name, data=data)
+
+
+def image_pb_from_pil(img) -> common_pb2.Image:
+    return common_pb2.Image(data=encode_png(img), format_hint="png")
+
+
+def model_info(manifest: Manifest, *, loaded: bool, is_default: bool) -> registry_pb2.ModelInfo:
+    created = timestamp_pb2.Timestamp()
+    if manifest.created:
+        try:
+            created.FromJsonString(manifest.created.replace("+00:00", "Z"))
+        except ValueError:
+            pass
+    metadata = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                for k, v in manifest.metadata.items()}
+    return registry_pb2.ModelInfo(
+        name=manifest.name, version=manifest.version, tasks=list(manifest.tasks),
+        framework=manifest.framework,
+        files=[registry_pb2.ModelFile(name=f.name, sha256=f.sha256, size=f.size) for f in manifest.files],
+        metadata=metadata, created=created, loaded=loaded, sha256=manifest.sha256, is_default=is_default)

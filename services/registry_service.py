@@ -1,0 +1,47 @@
+"""``pixelrpc.v1.ModelRegistry``: a read-only view of the registry, served by every process."""
+
+from __future__ import annotations
+
+from pixelrpc.models.errors import InvalidInput
+from pixelrpc.services.convert import model_info
+from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.v1 import registry_pb2, registry_pb2_grpc
+
+SERVICE_NAME = "pixelrpc.v1.ModelRegistry"
+
+
+class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+
+    def _info(self, manifest):
+        registry = self.ctx.registry
+        try:
+            is_default = registry.default_version(manifest.name) == manifest.version
+        except Exception:  # noqa: BLE001 - a racing removal only affects the flag
+            is_default = False
+        return model_info(manifest, loaded=self.ctx.cache.is_loaded(manifest.name, manifest.version),
+                          is_default=is_default)
+
+    @rpc
+    async def ListModels(self, request: registry_pb2.ListModelsRequest, call: Call):
+        tasks = self.ctx.tasks
+        if request.task and tasks and request.task not in tasks:
+            raise InvalidInput(f"task {request.task!r} is not served here (this process serves "
+                               f"{', '.join(tasks)})", field="task")
+        manifests = await call.run(self.ctx.registry.list, request.task or None,
+                                   all_versions=request.all_versions)
+        if tasks:
+            manifests = [m for m in manifests if set(m.tasks) & set(tasks)]
+        return registry_pb2.ListModelsResponse(models=[self._info(m) for m in manifests])
+
+    @rpc
+    async def GetModel(self, request: registry_pb2.GetModelRequest, call: Call):
+        if not request.model.name:
+            raise InvalidInput("model.name is required", field="model.name")
+        manifest = await call.run(self.ctx.registry.resolve, request.model.name, request.model.version)
+        return registry_pb2.GetModelResponse(model=self._info(manifest))
+
+
+def add_to_server(server, ctx: ServiceContext) -> None:
+    registry_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(ctx), server)

@@ -1,0 +1,336 @@
+"""What every servicer stands on: the service context, the per-call helper and the ``@rpc`` decorator.
+
+A servicer method is thin (MLServer's layering): it converts the request, calls a domain function
+through ``call.run`` or ``call.steps`` (bounded executor, queue depth, cancellation), and converts the
+result. ``@rpc`` gives every method the same request id, access log line, metrics and error mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from grpc_status import rpc_status
+
+from pixelrpc.models.errors import CancelToken, InvalidInput, Overloaded, PixelRPCError
+from pixelrpc.models.imaging import decode_image
+from pixelrpc.models.registry import LoadedModel, ModelCache, Registry
+from pixelrpc.services.errors import rich_status, status_code_for
+from pixelrpc.services.metrics import Metrics
+from pixelrpc.services.settings import Settings
+from pixelrpc.v1 import common_pb2
+
+log = logging.getLogger("pixelrpc.server")
+access_log = logging.getLogger("pixelrpc.access")
+T = TypeVar("T")
+REQUEST_ID_KEY = "x-request-id"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class JobRunner:
+    """A bounded executor: ``max_concurrency`` jobs run, ``queue_depth`` more may wait, the rest are refused."""
+
+    def __init__(self, max_concurrency: int, queue_depth: int, threads: int, name: str = "jobs"):
+        self.max_concurrency = max(1, max_concurrency)
+        self.queue_depth = max(0, queue_depth)
+        self.executor = ThreadPoolExecutor(max_workers=max(threads, self.max_concurrency),
+                                           thread_name_prefix=name)
+        self._semaphore: asyncio.Semaphore | None = None
+        self._waiting = 0
+        self.running = 0
+
+    def _sem(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._semaphore
+
+    async def acquire(self) -> float:
+        """Wait for a slot; returns the seconds waited. Raises Overloaded when the queue is full."""
+        sem = self._sem()
+        if sem.locked() and self._waiting >= self.queue_depth:
+            raise Overloaded(
+                f"server busy: {self.running} jobs running and {self._waiting} queued "
+                f"(max_concurrency={self.max_concurrency}, queue_depth={self.queue_depth}); retry later"
+            )
+        start = time.perf_counter()
+        self._waiting += 1
+        try:
+            await sem.acquire()
+        finally:
+            self._waiting -= 1
+        self.running += 1
+        return time.perf_counter() - start
+
+    def release(self) -> None:
+        self.running -= 1
+        self._sem().release()
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class ServiceContext:
+    """Shared by every servicer of one service: settings, registry, model cache, jobs, metrics."""
+
+    name: str  # "captioning", "visualization", "style"
+    settings: Settings
+    registry: Registry
+    cache: ModelCache
+    jobs: JobRunner
+    metrics: Metrics
+    tasks: tuple[str, ...] = ()
+    services: list[str] = field(default_factory=list)  # fully qualified service names served
+    state: dict = field(default_factory=dict)  # per-service objects (e.g. the captioning batcher)
+
+    @property
+    def device(self) -> str:
+        return self.cache.device
+
+    def decode_image(self, image_pb: common_pb2.Image, field: str = "image"):
+        if image_pb is None or not image_pb.data:
+            raise InvalidInput(f"{field} is required: send encoded PNG, JPEG or WebP bytes", field=field)
+        return decode_image(image_pb.data, self.settings.image_limits, field)
+
+    def get_model(self, ref: common_pb2.ModelRef | None, *, task: str, default: str | None = None,
+                  field: str = "model") -> LoadedModel:
+        """Resolve and load a model for ``task``; an empty name takes ``default``."""
+        name = ref.name if ref is not None and ref.name else (default or "")
+        version = ref.version if ref is not None else 0
+        if not name:
+            raise InvalidInput(f"{field}.name is required: no default model is configured for {task}",
+                               field=f"{field}.name")
+        loaded = self.cache.get(name, version)
+        if task not in loaded.manifest.tasks:
+            raise InvalidInput(
+                f"model {loaded.manifest.ref} does not serve task {task!r} (its tasks: "
+                f"{', '.join(loaded.manifest.tasks)})", field=f"{field}.name")
+        return loaded
+
+    def serving_config(self, loaded: LoadedModel, key: str, default: Any) -> Any:
+        """A per-model serving setting: explicit service setting > manifest ``serving`` > default."""
+        explicit = getattr(self.settings, key, None)
+        if isinstance(explicit, int | float) and not isinstance(explicit, bool) and explicit > 0:
+            return explicit
+        serving = loaded.manifest.metadata.get("serving") or {}
+        return serving.get(key, default)
+
+
+class Call:
+    """One RPC as a servicer sees it."""
+
+    def __init__(self, ctx: ServiceContext, grpc_context: grpc.aio.ServicerContext, method: str):
+        self.ctx = ctx
+        self.grpc = grpc_context
+        self.method = method
+        self.request_id = _incoming_request_id(grpc_context) or uuid.uuid4().hex
+        self.cancel = CancelToken()
+        remaining = grpc_context.time_remaining() if hasattr(grpc_context, "time_remaining") else None
+        if remaining is not None:
+            self.cancel.deadline = time.monotonic() + remaining
+        self.queue_ms = 0.0
+        self.compute_ms = 0.0
+        self.model: str = ""
+        self.annotations: dict[str, Any] = {}
+
+    async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run blocking work in the bounded executor; one job slot for its duration."""
+        jobs = self.ctx.jobs
+        waited = await jobs.acquire()
+        self._account_queue(waited)
+        try:
+            self.cancel.check()
+            return await self._in_executor(functools.partial(fn, *args, **kwargs))
+        finally:
+            jobs.release()
+
+    async def steps(self, make_generator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+        """Step a domain generator in the executor, one job slot for the whole job.
+
+        Between steps it checks the cancel token (client cancel, deadline, shutdown), so a
+        cancelled call stops within one step; the generator is closed and its memory released.
+        """
+        jobs = self.ctx.jobs
+        waited = await jobs.acquire()
+        self._account_queue(waited)
+        gen: Iterator[T] | None = None
+        done = object()
+        try:
+            self.cancel.check()
+            gen = await self._in_executor(make_generator)
+            while True:
+                item = await self._in_executor(next, gen, done)
+                if item is done:
+                    return
+                yield item  # type: ignore[misc]
+                self.cancel.check()
+        finally:
+            jobs.release()
+            if gen is not None:
+                _close_later(gen)
+
+    async def _in_executor(self, fn: Callable[[], T] | Callable[..., T], *args) -> T:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        future = loop.run_in_executor(self.ctx.jobs.executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.cancel.cancel("the call was cancelled")
+            raise
+        finally:
+            self.compute_ms += (time.perf_counter() - start) * 1000.0
+
+    def _account_queue(self, seconds: float) -> None:
+        self.queue_ms += seconds * 1000.0
+        self.ctx.metrics.queue_time.labels(self.ctx.name).observe(seconds)
+
+    def meta(self, loaded: LoadedModel | None = None, seed: int | None = None,
+             choice: str = "") -> common_pb2.ResponseMeta:
+        meta = common_pb2.ResponseMeta(request_id=self.request_id, compute_ms=self.compute_ms,
+                                       queue_ms=self.queue_ms, model_choice=choice)
+        if loaded is not None:
+            meta.model_name = loaded.manifest.name
+            meta.model_version = loaded.manifest.version
+            meta.model_sha256 = loaded.manifest.sha256
+            self.model = loaded.manifest.ref
+        if seed is not None:
+            meta.seed = int(seed)
+        return meta
+
+
+def _close_later(gen) -> None:
+    """Close a generator; if a worker thread is still inside it, close it once that step returns."""
+    try:
+        gen.close()
+    except ValueError:  # "generator already executing": retry from a helper thread
+        def closer():
+            for _ in range(6000):
+                try:
+                    gen.close()
+                    return
+                except ValueError:
+                    time.sleep(0.01)
+        threading.Thread(target=closer, daemon=True).start()
+
+
+def _incoming_request_id(grpc_context) -> str | None:
+    for key, value in grpc_context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_OK.match(value):
+            return value
+    return None
+
+
+async def _finish_error(call: Call, exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, PixelRPCError):
+        code, message = status_code_for(exc), exc.message
+    else:
+        code = grpc.StatusCode.INTERNAL
+        message = f"internal error (request id {call.request_id}); the server logged the details"
+        log.error("unexpected error in %s (request id %s)", call.method, call.request_id, exc_info=exc)
+    status = rich_status(code, message, exc, call.request_id)
+    await call.grpc.abort_with_status(rpc_status.to_status(status))
+    return code  # not reached: abort raises
+
+
+def rpc(method):
+    """Wrap a servicer method ``(self, request, call)`` as a grpc.aio handler ``(self, request, context)``.
+
+    Unary and request-streaming methods return a response; server- and bidi-streaming methods are
+    async generators. Domain errors become their status code with rich details; anything else
+    becomes INTERNAL with a request id that is also in the server log; the server keeps serving.
+    """
+    is_stream = inspect.isasyncgenfunction(method)
+    name = method.__name__
+
+    async def _begin(self, context):
+        ctx: ServiceContext = self.ctx
+        call = Call(ctx, context, name)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        ctx.metrics.in_flight.labels(ctx.name).inc()
+        return call, time.perf_counter()
+
+    def _end(self, call: Call, started: float, code: grpc.StatusCode) -> None:
+        ctx: ServiceContext = self.ctx
+        seconds = time.perf_counter() - started
+        ctx.metrics.in_flight.labels(ctx.name).dec()
+        ctx.metrics.requests.labels(ctx.name, name, code.name).inc()
+        ctx.metrics.latency.labels(ctx.name, name).observe(seconds)
+        record = {"service": ctx.name, "method": name, "code": code.name, "request_id": call.request_id,
+                  "ms": round(seconds * 1000, 2), "queue_ms": round(call.queue_ms, 2),
+                  "compute_ms": round(call.compute_ms, 2), "peer": call.grpc.peer(), "model": call.model}
+        access_log.info("%s", json.dumps(record) if ctx.settings.log_format == "json" else
+                        " ".join(f"{k}={v}" for k, v in record.items()), extra={"access": record})
+
+    if is_stream:
+        @functools.wraps(method)
+        async def stream_wrapper(self, request, context):
+            call, started = await _begin(self, context)
+            code = grpc.StatusCode.OK
+            try:
+                async for item in method(self, request, call):
+                    yield item
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                call.cancel.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error is answered with a status
+                code = _code_of(exc)
+                if code is None:
+                    code = _context_code(call)
+                else:
+                    await _finish_error(call, exc)
+                raise
+            finally:
+                _end(self, call, started, code)
+        return stream_wrapper
+
+    @functools.wraps(method)
+    async def unary_wrapper(self, request, context):
+        call, started = await _begin(self, context)
+        code = grpc.StatusCode.OK
+        try:
+            return await method(self, request, call)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            call.cancel.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001
+            code = _code_of(exc)
+            if code is None:
+                code = _context_code(call)
+            else:
+                await _finish_error(call, exc)
+            raise
+        finally:
+            _end(self, call, started, code)
+    return unary_wrapper
+
+
+def _code_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The status to answer with; None for grpc's own abort exception (already answered)."""
+    if type(exc).__name__ == "AbortError" and type(exc).__module__.startswith("grpc"):
+        return None
+    if isinstance(exc, PixelRPCError):
+        return status_code_for(exc)
+    return grpc.StatusCode.INTERNAL
+
+
+def _context_code(call: Call) -> grpc.StatusCode:
+    try:
+        code = call.grpc.code()
+    except Exception:  # noqa: BLE001 - older grpc without ServicerContext.code()
+        code = None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN

@@ -1,0 +1,45 @@
+"""``pixelrpc.v1.ServerInfo``: what a process serves and its limits; a dry run of image decoding."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from pixelrpc.models.imaging import describe_image
+from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.v1 import server_pb2, server_pb2_grpc
+
+SERVICE_NAME = "pixelrpc.v1.ServerInfo"
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("pixelrpc")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class ServerInfoServicer(server_pb2_grpc.ServerInfoServicer):
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+
+    @rpc
+    async def GetServerInfo(self, request, call: Call):
+        s = self.ctx.settings
+        limits = server_pb2.Limits(
+            max_message_bytes=s.max_message_bytes, max_image_bytes=s.max_image_bytes,
+            max_image_pixels=s.max_image_pixels, max_iterations=s.max_iterations,
+            max_image_side=s.max_image_side, queue_depth=s.queue_depth, max_concurrency=s.max_concurrency)
+        return server_pb2.GetServerInfoResponse(
+            version=package_version(), services=list(self.ctx.services), device=self.ctx.device,
+            limits=limits, auth_required=bool(s.auth_token), tls=bool(s.tls_cert), meta=call.meta())
+
+    @rpc
+    async def DescribeImage(self, request: server_pb2.DescribeImageRequest, call: Call):
+        info = describe_image(request.image.data, self.ctx.settings.image_limits, "image")
+        return server_pb2.DescribeImageResponse(
+            format=info.format, width=info.width, height=info.height, mode=info.mode,
+            accepted=info.accepted, reason=info.reason, meta=call.meta())
+
+
+def add_to_server(server, ctx: ServiceContext) -> None:
+    server_pb2_grpc.add_ServerInfoServicer_to_server(ServerInfoServicer(ctx), server)

@@ -1,0 +1,116 @@
+"""Server settings: defaults < environment (``PIXELRPC_*``) < command-line flags.
+
+Every field can be set through the environment as ``PIXELRPC_<FIELD>`` (upper case), e.g.
+``PIXELRPC_QUEUE_DEPTH=32``. In ``pixelrpc serve all`` the per-service ports come from
+``PIXELRPC_<SERVICE>_PORT`` and ``PIXELRPC_<SERVICE>_METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+
+from pixelrpc.models.imaging import ImageLimits
+
+MIB = 1024 * 1024
+
+DEFAULT_PORTS = {"captioning": 50051, "visualization": 50052, "style": 50053}
+DEFAULT_METRICS_PORTS = {"captioning": 9101, "visualization": 9102, "style": 9103}
+
+
+def default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:  # torch missing or broken CUDA: the CPU always works
+        return "cpu"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    registry: str = ""  # "" -> PIXELRPC_REGISTRY or ~/.cache/pixelrpc/registry
+    max_message_bytes: int = 64 * MIB
+    max_image_bytes: int = 48 * MIB
+    max_image_pixels: int = 36_000_000
+    max_image_side: int = 1024
+    max_iterations: int = 1000
+    worker_threads: int = 2
+    torch_threads: int = 0  # 0: leave torch's default
+    device: str = ""  # "" -> cuda when available, else cpu
+    queue_depth: int = 16
+    max_concurrency: int = 2
+    log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json"
+    metrics_port: int = -1  # -1: the service's default port, 0: off
+    tls_cert: str = ""
+    tls_key: str = ""
+    auth_token: str = ""
+    shutdown_grace: float = 10.0
+    shutdown_delay: float = 0.5  # seconds NOT_SERVING is announced before the server stops accepting
+    model_cache_size: int = 8
+    registry_refresh_seconds: float = 2.0
+    preload: str = ""  # comma-separated model refs to load and warm before reporting SERVING
+    # Dynamic batching (captioning); a model's manifest "serving" section may override the defaults,
+    # and these explicit overrides win over the manifest when set (> 0).
+    max_batch_size: int = 0
+    max_batch_delay_ms: float = -1.0
+    reflection: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_image_side)
+
+    def resolved_device(self) -> str:
+        return self.device or default_device()
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, *, service: str | None = None, **overrides) -> Settings:
+        """Defaults, then ``PIXELRPC_*`` variables, then ``overrides`` that are not None."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"PIXELRPC_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f, raw)
+        if service:
+            key = service.upper()
+            for name in ("port", "metrics_port"):
+                raw = env.get(f"PIXELRPC_{key}_{name.upper()}")
+                if raw:
+                    values[name] = int(raw)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        if service:
+            if "port" not in values:
+                settings.port = DEFAULT_PORTS[service]
+            if settings.metrics_port == -1:
+                settings.metrics_port = DEFAULT_METRICS_PORTS[service]
+        elif settings.metrics_port == -1:
+            settings.metrics_port = 0
+        return settings
+
+
+def _coerce(f: dataclasses.Field, raw: str):
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+    try:
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"PIXELRPC_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

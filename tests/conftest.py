@@ -1,0 +1,58 @@
+"""Shared fixtures: temporary registries, a toy model architecture, paths to ../shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PIXELRPC_DEVICE", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared" / "data" / "cs231n").resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared/data/cs231n, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared/data/cs231n absent ({path} not found): real-data test skipped")
+    return path
+
+
+class ToyModel:
+    """y = x @ W: a registry model small enough for runtime tests."""
+
+    def __init__(self, weights: np.ndarray):
+        self.weights = weights
+
+
+def load_toy(manifest, read, device):
+    from pixelrpc.models.registry.serialization import numpy_from_bytes
+
+    return ToyModel(numpy_from_bytes(read("weights.safetensors"))["W"])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _toy_loader():
+    from pixelrpc.models.registry import register_loader
+
+    register_loader("toy", load_toy)
+
+
+def publish_toy(registry, name="toy", value=1.0, tasks=("captioning",), version=None):
+    from pixelrpc.models.registry.serialization import numpy_to_bytes
+
+    w = np.full((2, 2), value, dtype=np.float32)
+    return registry.publish(name, {"weights.safetensors": numpy_to_bytes({"W": w})}, tasks=tasks,
+                            framework="numpy", metadata={"architecture": "toy", "value": value},
+                            version=version)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    from pixelrpc.models.registry import Registry
+
+    return Registry(tmp_path / "registry")
