@@ -74,8 +74,9 @@ def describe_image(data: bytes, limits: ImageLimits, field: str = "image") -> Im
     accepted, reason = True, ""
     if max(width, height) > limits.max_side:
         accepted = False
-        reason = (f"longest side {max(width, height)} px is over max_image_side={limits.max_side} "
-                  "(enforced by style transfer and other iterative jobs)")
+        reason = (f"longest side {max(width, height)} px is over max_image_side={limits.max_side}: "
+                  "jobs that compute at the size sent refuse it; jobs that resize first "
+                  "(style transfer, classification) check the size they compute at")
     return ImageInfo(img.format or "", width, height, img.mode, accepted, reason)
 
 

@@ -317,6 +317,9 @@ def publish_squeezenet(registry, name: str, net: torch.nn.Module, *, class_names
         "feature_channels": int(trunk[-1].expand1x1.out_channels + trunk[-1].expand3x3.out_channels),
         "num_parameters": int(sum(v.numel() for v in state.values())),
     }
+    clash = sorted(set(metadata or {}) & set(meta))
+    if clash:
+        raise InvalidInput(f"metadata may not override {clash}: pass them as arguments", field="metadata")
     meta.update(dict(metadata or {}))
     ImageModel(net=torch.nn.Identity(), features=torch.nn.Sequential(), class_names=class_names,
                input_size=meta["input_size"], mean=tuple(meta["mean"]), std=tuple(meta["std"]),
@@ -367,7 +370,9 @@ def import_torchvision_squeezenet(registry, pth_path, name: str = "squeezenet1_1
     return publish_squeezenet(
         registry, name, net.eval(), class_names=class_names,
         metadata={"source": "torchvision", "source_file": path.name,
-                  "source_sha256": hashlib.sha256(data).hexdigest()},
+                  "source_sha256": hashlib.sha256(data).hexdigest(),
+                  # calibrated once for the style presets (models/style/calibrate.py)
+                  **CAFFE_SQUEEZENET_MULTIPLIERS.to_metadata()},
     )
 
 
@@ -457,12 +462,16 @@ def caffe_squeezenet_features(mat_path) -> torch.nn.Sequential:
 
 def import_caffe_squeezenet(registry, mat_path, name: str = "squeezenet1_1-caffe"):
     """Publish the Caffe SqueezeNet 1.1 trunk of ``mat_path`` as a ``feature-extraction`` model."""
+    from pixelrpc.models.style.presets import CAFFE_SQUEEZENET_MULTIPLIERS
+
     features = caffe_squeezenet_features(mat_path)
     data = Path(mat_path).read_bytes()
     return publish_squeezenet(
         registry, name, features, class_names=[], tasks=("feature-extraction",),
         input_size=224, mean=CAFFE_MEAN_PIXEL, std=CAFFE_STD, value_scale=255.0, channel_order="RGB",
         metadata={"source": "caffe-mat", "source_file": Path(mat_path).name, "conv1_channels_reversed": True,
-                  "source_sha256": hashlib.sha256(data).hexdigest()},
+                  "source_sha256": hashlib.sha256(data).hexdigest(),
+                  # calibrated once for the style presets (models/style/calibrate.py)
+                  **CAFFE_SQUEEZENET_MULTIPLIERS.to_metadata()},
     )
 

@@ -13,7 +13,6 @@ import inspect
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -150,41 +149,64 @@ class Call:
         jobs = self.ctx.jobs
         waited = await jobs.acquire()
         self._account_queue(waited)
+        pending: list[asyncio.Future] = []
         try:
             self.cancel.check()
-            return await self._in_executor(functools.partial(fn, *args, **kwargs))
+            return await self._in_executor(functools.partial(fn, *args, **kwargs), pending=pending)
         finally:
-            jobs.release()
+            self._release_after(pending)
 
     async def steps(self, make_generator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
         """Step a domain generator in the executor, one job slot for the whole job.
 
         Between steps it checks the cancel token (client cancel, deadline, shutdown), so a
-        cancelled call stops within one step; the generator is closed and its memory released.
+        cancelled call stops within one step; the generator is then closed and its memory released.
         """
         jobs = self.ctx.jobs
         waited = await jobs.acquire()
         self._account_queue(waited)
         gen: Iterator[T] | None = None
         done = object()
+        pending: list[asyncio.Future] = []
         try:
             self.cancel.check()
-            gen = await self._in_executor(make_generator)
+            gen = await self._in_executor(make_generator, pending=pending)
             while True:
-                item = await self._in_executor(next, gen, done)
+                item = await self._in_executor(next, gen, done, pending=pending)
                 if item is done:
                     return
                 yield item  # type: ignore[misc]
                 self.cancel.check()
         finally:
-            jobs.release()
-            if gen is not None:
-                _close_later(gen)
+            self._release_after(pending, gen)
 
-    async def _in_executor(self, fn: Callable[[], T] | Callable[..., T], *args) -> T:
+    def _release_after(self, pending: list[asyncio.Future], gen=None) -> None:
+        """Free the job slot (and close ``gen``) now, or once a step still running in a worker returns.
+
+        A cancelled call stops awaiting at once, but its worker thread finishes the current step; the
+        slot stays taken until then so ``max_concurrency`` bounds the work actually running.
+        """
+        def finish(_future=None):
+            if gen is not None:
+                try:
+                    gen.close()
+                except ValueError:  # still executing in a worker: cannot happen once the step is done
+                    log.warning("could not close a generator of %s", self.method)
+            self.ctx.jobs.release()
+
+        if pending and not pending[-1].done():
+            pending[-1].add_done_callback(finish)
+        else:
+            finish()
+
+    async def _in_executor(self, fn: Callable[[], T] | Callable[..., T], *args,
+                           pending: list[asyncio.Future] | None = None) -> T:
+        """Run ``fn(*args)`` in a worker; ``pending`` receives the future (the step that may outlive a cancel)."""
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         future = loop.run_in_executor(self.ctx.jobs.executor, fn, *args)
+        if pending is not None:
+            pending[:] = [future]
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -209,21 +231,6 @@ class Call:
         if seed is not None:
             meta.seed = int(seed)
         return meta
-
-
-def _close_later(gen) -> None:
-    """Close a generator; if a worker thread is still inside it, close it once that step returns."""
-    try:
-        gen.close()
-    except ValueError:  # "generator already executing": retry from a helper thread
-        def closer():
-            for _ in range(6000):
-                try:
-                    gen.close()
-                    return
-                except ValueError:
-                    time.sleep(0.01)
-        threading.Thread(target=closer, daemon=True).start()
 
 
 def _incoming_request_id(grpc_context) -> str | None:
