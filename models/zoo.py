@@ -370,9 +370,7 @@ def import_torchvision_squeezenet(registry, pth_path, name: str = "squeezenet1_1
     return publish_squeezenet(
         registry, name, net.eval(), class_names=class_names,
         metadata={"source": "torchvision", "source_file": path.name,
-                  "source_sha256": hashlib.sha256(data).hexdigest(),
-                  # calibrated once for the style presets (models/style/calibrate.py)
-                  **CAFFE_SQUEEZENET_MULTIPLIERS.to_metadata()},
+                  "source_sha256": hashlib.sha256(data).hexdigest()},
     )
 
 

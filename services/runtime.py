@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -103,14 +103,38 @@ class ServiceContext:
             raise InvalidInput(f"{field} is required: send encoded PNG, JPEG or WebP bytes", field=field)
         return decode_image(image_pb.data, self.settings.image_limits, field)
 
-    def get_model(self, ref: common_pb2.ModelRef | None, *, task: str, default: str | None = None,
-                  field: str = "model") -> LoadedModel:
-        """Resolve and load a model for ``task``; an empty name takes ``default``."""
-        name = ref.name if ref is not None and ref.name else (default or "")
+    def choose_default(self, task: str, preferences: str | Sequence[str] | None) -> tuple[str, str]:
+        """The model a request that names none gets, and why (reported as ``ResponseMeta.model_choice``).
+
+        Rule: ``PIXELRPC_DEFAULT_MODEL`` if set; else the first of the service's preferences that is in
+        the registry with ``task``; else the first registered model with ``task`` (by name); else the
+        first preference, so that the NOT_FOUND error names it and says how to add it.
+        """
+        if self.settings.default_model:
+            return self.settings.default_model, "PIXELRPC_DEFAULT_MODEL"
+        prefs = [preferences] if isinstance(preferences, str) else list(preferences or ())
+        available = {m.name for m in self.registry.list(task)}
+        for i, name in enumerate(prefs):
+            if name in available:
+                return name, f"preferred default for {task} (choice {i + 1} of {', '.join(prefs)})"
+        if available:
+            name = sorted(available)[0]
+            return name, f"first registered {task} model (none of {', '.join(prefs) or 'the preferences'} present)"
+        if prefs:
+            return prefs[0], f"preferred default for {task}"
+        raise InvalidInput(f"model.name is required: no default model is configured for {task}",
+                           field="model.name")
+
+    def get_model(self, ref: common_pb2.ModelRef | None, *, task: str,
+                  default: str | Sequence[str] | None = None, field: str = "model",
+                  call: Call | None = None) -> LoadedModel:
+        """Resolve and load a model for ``task``; an empty name takes the default (``choose_default``)."""
+        name = ref.name if ref is not None and ref.name else ""
         version = ref.version if ref is not None else 0
         if not name:
-            raise InvalidInput(f"{field}.name is required: no default model is configured for {task}",
-                               field=f"{field}.name")
+            name, reason = self.choose_default(task, default)
+            if call is not None:
+                call.model_choice = reason
         loaded = self.cache.get(name, version)
         if task not in loaded.manifest.tasks:
             raise InvalidInput(
@@ -143,6 +167,7 @@ class Call:
         self.compute_ms = 0.0
         self.model: str = ""
         self.annotations: dict[str, Any] = {}
+        self.model_choice = ""  # set when the server chose the model (the request named none)
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run blocking work in the bounded executor; one job slot for its duration."""
@@ -222,7 +247,7 @@ class Call:
     def meta(self, loaded: LoadedModel | None = None, seed: int | None = None,
              choice: str = "") -> common_pb2.ResponseMeta:
         meta = common_pb2.ResponseMeta(request_id=self.request_id, compute_ms=self.compute_ms,
-                                       queue_ms=self.queue_ms, model_choice=choice)
+                                       queue_ms=self.queue_ms, model_choice=choice or self.model_choice)
         if loaded is not None:
             meta.model_name = loaded.manifest.name
             meta.model_version = loaded.manifest.version

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from PIL import Image
 
 from pixelrpc.models import zoo
 from pixelrpc.models.errors import InvalidInput, ModelCorrupt
 from pixelrpc.models.registry import ModelCache
 from pixelrpc.models.registry.serialization import torch_to_bytes
-from tests.conftest import shared_path
 
 
 @pytest.fixture(autouse=True)
@@ -204,6 +204,10 @@ def test_caffe_mat_trunk_import(registry):
     assert meta["mean"] == list(zoo.CAFFE_MEAN_PIXEL) and meta["std"] == [1.0, 1.0, 1.0]
     assert meta["value_scale"] == 255.0 and meta["channel_order"] == "RGB"
     assert meta["num_parameters"] == 722_496
+    from pixelrpc.models.style.presets import CAFFE_SQUEEZENET_MULTIPLIERS, multipliers_for
+
+    assert multipliers_for(meta) == CAFFE_SQUEEZENET_MULTIPLIERS  # read from the manifest entry
+    assert meta["style_weight_multipliers"]["style"] == CAFFE_SQUEEZENET_MULTIPLIERS.style
 
     model = ModelCache(registry).get("squeezenet1_1-caffe").model
     image = Image.open(shared_path("kitten.jpg")).convert("RGB").resize((63, 47))

@@ -1,0 +1,207 @@
+"""``pixelrpc.v1.StyleTransferService``: Gatys style transfer, streamed step by step.
+
+The servicer converts a request into the arguments of ``pixelrpc.models.style.style_transfer_steps``
+(preset, then the request's overrides), enforces the server's limits, and steps the domain generator through
+``call.steps``: one job slot per job, a bounded queue in front of the slots, and a cancelled or
+expired call stops within one iteration, its generator closed and its tensors released.
+
+Limits: ``max_iterations`` bounds the steps; ``max_image_side`` bounds the sides of the images the
+job computes on, i.e. the result (content resized to ``image_size`` on its shorter side) and each
+resized style image. The images sent may be larger (decoding is bounded by ``max_image_bytes`` and
+``max_image_pixels``): they are resized before any feature is computed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from PIL import Image
+
+from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.registry import LoadedModel
+from pixelrpc.models.style import PRESETS, StyleProgress, get_preset, style_transfer_steps
+from pixelrpc.models.style.presets import multipliers_for
+from pixelrpc.models.style.space import resized_size
+from pixelrpc.services.convert import image_pb_from_pil
+from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.v1 import style_transfer_pb2 as pb
+from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "pixelrpc.v1.StyleTransferService"
+TASKS = ("feature-extraction",)
+# A request that names no model gets the first of these present in the registry (the Caffe trunk the
+# presets were calibrated on, then an ImageNet SqueezeNet, then the bootstrapped shapes model); see
+# ServiceContext.choose_default for the whole rule. The choice is reported in ResponseMeta.model_choice.
+DEFAULT_MODELS = ("squeezenet1_1-caffe", "squeezenet1_1", "shapes-squeezenet")
+MAX_STYLES = 8
+# Schedule defaults (the assignment's); presets set the rest.
+SCHEDULE = {"iterations": 200, "lr": 3.0, "decayed_lr": 0.1, "decay_at": 180, "init": "content",
+            "preserve_color": False}
+_INIT_NAMES = {pb.STYLE_INIT_CONTENT: "content", pb.STYLE_INIT_RANDOM: "random"}
+# StyleParameters field -> style_transfer_steps keyword
+_SCALAR_FIELDS = {"image_size": "image_size", "style_size": "style_size", "content_layer": "content_layer",
+                  "content_weight": "content_weight", "tv_weight": "tv_weight", "iterations": "iterations",
+                  "learning_rate": "lr", "decayed_learning_rate": "decayed_lr", "decay_at": "decay_at"}
+
+
+@dataclass
+class StylePlan:
+    """A checked job: decoded images, the model and the keyword arguments of the domain call."""
+
+    content: Image.Image
+    styles: list[Image.Image]
+    blend: list[float]
+    loaded: LoadedModel
+    kwargs: dict
+    seed: int
+
+
+def resolve_parameters(job: pb.StyleJob) -> dict:
+    """Preset (or the defaults) overridden by the fields the request sets; weights in reference units."""
+    params = dict(SCHEDULE, **get_preset(job.preset or "starry_night").kwargs())
+    given = job.parameters
+    for name, key in _SCALAR_FIELDS.items():
+        if given.HasField(name):
+            params[key] = getattr(given, name)
+    if len(given.style_layers) or len(given.style_weights):
+        if len(given.style_layers) != len(given.style_weights):
+            raise InvalidInput(
+                f"parameters.style_layers ({len(given.style_layers)}) and parameters.style_weights "
+                f"({len(given.style_weights)}) must be given together, one weight per layer",
+                field="job.parameters.style_weights")
+        params["style_layers"] = tuple(int(v) for v in given.style_layers)
+        params["style_weights"] = tuple(float(v) for v in given.style_weights)
+    if given.init != pb.STYLE_INIT_UNSPECIFIED:
+        if given.init not in _INIT_NAMES:
+            raise InvalidInput(f"parameters.init {given.init} is not a StyleInit value", field="job.parameters.init")
+        params["init"] = _INIT_NAMES[given.init]
+    params["preserve_color"] = bool(given.preserve_color)
+    return params
+
+
+def parameters_pb(params: dict) -> pb.StyleParameters:
+    """The resolved parameters, as the request would have spelled them."""
+    out = pb.StyleParameters(style_layers=list(params["style_layers"]), style_weights=list(params["style_weights"]),
+                             init=pb.STYLE_INIT_RANDOM if params["init"] == "random" else pb.STYLE_INIT_CONTENT,
+                             preserve_color=params["preserve_color"])
+    for name, key in _SCALAR_FIELDS.items():
+        setattr(out, name, params[key])
+    return out
+
+
+def _check_side(size: tuple[int, int], shorter: int, limit: int, what: str, field: str) -> None:
+    w, h = resized_size(size, shorter)
+    if max(w, h) > limit:
+        raise InvalidInput(f"{what} would be {w}x{h} pixels, over this server's max_image_side={limit}; "
+                           "use a smaller size or a less elongated image", field=field)
+
+
+class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+
+    # ------------------------------------------------------------------ request -> plan
+    def plan(self, job: pb.StyleJob, call: Call | None = None) -> StylePlan:
+        """Check and decode a job (blocking: run it in the executor)."""
+        settings = self.ctx.settings
+        params = resolve_parameters(job)
+        if params["iterations"] > settings.max_iterations:
+            raise InvalidInput(f"iterations={params['iterations']} is over this server's "
+                               f"max_iterations={settings.max_iterations}", field="job.parameters.iterations")
+        for key in ("image_size", "style_size"):
+            if params[key] > settings.max_image_side:
+                raise InvalidInput(f"{key}={params[key]} is over this server's max_image_side="
+                                   f"{settings.max_image_side}", field=f"job.parameters.{key}")
+        if len(job.styles) > MAX_STYLES:
+            raise InvalidInput(f"{len(job.styles)} style images sent; at most {MAX_STYLES} are blended",
+                               field="job.styles")
+        content = self.ctx.decode_image(job.content, field="job.content")
+        _check_side(content.size, params["image_size"], settings.max_image_side, "the result",
+                    "job.parameters.image_size")
+        styles, blend = [], []
+        for i, style in enumerate(job.styles):
+            img = self.ctx.decode_image(style.image, field=f"job.styles[{i}].image")
+            _check_side(img.size, params["style_size"], settings.max_image_side, f"style image {i} resized",
+                        "job.parameters.style_size")
+            styles.append(img)
+            blend.append(style.weight if style.HasField("weight") else 1.0)
+        loaded = self.ctx.get_model(job.model, task="feature-extraction", default=DEFAULT_MODELS,
+                                    field="job.model", call=call)
+        if not hasattr(loaded.model, "features"):
+            raise InvalidInput(f"model {loaded.manifest.ref} has no feature trunk to run style transfer on",
+                               field="job.model.name")
+        seed = job.seed if job.HasField("seed") else secrets.randbits(62)
+        return StylePlan(content, styles, blend, loaded, params, seed)
+
+    def _steps(self, plan: StylePlan, call: Call, preview_every: int):
+        return style_transfer_steps(
+            plan.content, plan.styles, model=plan.loaded.model, style_blend=plan.blend,
+            weight_multipliers=multipliers_for(plan.loaded.manifest.metadata), seed=plan.seed,
+            preview_every=preview_every, cancel=call.cancel, **plan.kwargs)
+
+    async def _run(self, job: pb.StyleJob, call: Call, preview_every: int):
+        holder: dict = {}
+
+        def start():
+            holder["plan"] = self.plan(job, call)
+            return self._steps(holder["plan"], call, preview_every)
+
+        async for progress in call.steps(start):
+            yield holder["plan"], progress
+
+    def _result(self, plan: StylePlan, final: StyleProgress, call: Call) -> pb.StyleResult:
+        return pb.StyleResult(
+            image=image_pb_from_pil(final.image), width=final.image.size[0], height=final.image.size[1],
+            losses=_losses(final), parameters=parameters_pb(plan.kwargs),
+            meta=call.meta(plan.loaded, seed=plan.seed))
+
+    # ------------------------------------------------------------------ RPCs
+    @rpc
+    async def Stylize(self, request: pb.StylizeRequest, call: Call):
+        async for plan, progress in self._run(request.job, call, int(request.preview_every)):
+            if progress.final:
+                yield pb.StylizeResponse(result=self._result(plan, progress, call))
+            else:
+                yield pb.StylizeResponse(progress=_progress(progress))
+
+    @rpc
+    async def StylizeUnary(self, request: pb.StylizeUnaryRequest, call: Call):
+        result = None
+        async for plan, progress in self._run(request.job, call, 0):  # runs to the end: the slot is released
+            if progress.final:
+                result = self._result(plan, progress, call)
+        assert result is not None, "the domain generator always ends with its final report"
+        return pb.StylizeUnaryResponse(result=result)
+
+    @rpc
+    async def ListStylePresets(self, request: pb.ListStylePresetsRequest, call: Call):
+        presets = [pb.StylePreset(name=name, parameters=parameters_pb(dict(SCHEDULE, **p.kwargs())))
+                   for name, p in sorted(PRESETS.items())]
+        return pb.ListStylePresetsResponse(presets=presets, meta=call.meta())
+
+
+def _losses(p: StyleProgress) -> pb.StyleLosses:
+    return pb.StyleLosses(content=p.content_loss, style=p.style_loss, tv=p.tv_loss, total=p.total_loss)
+
+
+def _progress(p: StyleProgress) -> pb.StyleProgress:
+    out = pb.StyleProgress(iteration=p.iteration, iterations=p.iterations, losses=_losses(p),
+                           elapsed_ms=p.elapsed_s * 1000.0, learning_rate=p.learning_rate)
+    if p.preview is not None:
+        out.preview.CopyFrom(image_pb_from_pil(p.preview))
+    return out
+
+
+def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
+    """Two tiny iterations so the first real job does not pay for lazy initialisation."""
+    if not hasattr(loaded.model, "features"):
+        return
+    img = Image.new("RGB", (32, 32), (120, 90, 60))
+    for _ in style_transfer_steps(img, [img], model=loaded.model, image_size=32, style_size=32, iterations=2,
+                                  seed=0):
+        pass
+
+
+def add_to_server(server, ctx: ServiceContext) -> None:
+    pb_grpc.add_StyleTransferServiceServicer_to_server(StyleTransferServicer(ctx), server)

@@ -1,0 +1,250 @@
+"""``pixelrpc.v1.VisualizationService``: classification, saliency, fooling images, class visualization.
+
+Each method converts the request, runs a ``pixelrpc.models.visualization`` function in the bounded
+executor (``call.run`` for unary work, ``call.steps`` for the optimisation generators, so a
+cancelled or expired call stops within one step) and converts the result. All tensor work and PNG
+encoding happen in the executor; the event loop only moves messages.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from pixelrpc.models import visualization as vis
+from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.registry import LoadedModel
+from pixelrpc.models.visualization.classify import class_label
+from pixelrpc.models.zoo import ImageModel
+from pixelrpc.services.convert import image_pb_from_pil, numpy_to_tensor
+from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.v1 import visualization_pb2 as pb
+from pixelrpc.v1 import visualization_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "pixelrpc.v1.VisualizationService"
+TASKS = ("classification",)
+# A request that names no model gets the first of these present in the registry (see
+# ServiceContext.choose_default); the choice is reported in ResponseMeta.model_choice.
+DEFAULT_MODELS = ("squeezenet1_1", "shapes-squeezenet")
+MAX_CLASSIFY_IMAGES = 64
+
+METHOD_NAMES = {
+    pb.SALIENCY_METHOD_UNSPECIFIED: "vanilla",
+    pb.SALIENCY_METHOD_VANILLA: "vanilla",
+    pb.SALIENCY_METHOD_SMOOTHGRAD: "smoothgrad",
+    pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS: "integrated_gradients",
+}
+METHOD_ENUMS = {"vanilla": pb.SALIENCY_METHOD_VANILLA, "smoothgrad": pb.SALIENCY_METHOD_SMOOTHGRAD,
+                "integrated_gradients": pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS}
+BASELINES = {
+    pb.INTEGRATED_GRADIENTS_BASELINE_UNSPECIFIED: "black",
+    pb.INTEGRATED_GRADIENTS_BASELINE_BLACK: "black",
+    pb.INTEGRATED_GRADIENTS_BASELINE_MEAN: "zero",
+}
+
+
+def _new_seed() -> int:
+    return random.SystemRandom().randrange(0, 2**31 - 1)
+
+
+class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+
+    # ------------------------------------------------------------------ helpers
+    def _model(self, request, call: Call) -> tuple[LoadedModel, ImageModel]:
+        loaded = self.ctx.get_model(request.model if request.HasField("model") else None,
+                                    task="classification", default=DEFAULT_MODELS, call=call)
+        model = loaded.model
+        if not isinstance(model, ImageModel) or not model.has_classifier:
+            raise InvalidInput(f"model {loaded.manifest.ref} is not an image classifier", field="model.name")
+        return loaded, model
+
+    def _bounded(self, value: int, default: int, name: str, minimum: int = 1) -> int:
+        """A count from the request: 0 takes ``default``; it must lie in [minimum, max_iterations]."""
+        value = int(value) or default
+        limit = self.ctx.settings.max_iterations
+        if value < minimum or value > limit:
+            raise InvalidInput(f"{name} must be between {minimum} and {limit} (this server's max_iterations), "
+                               f"got {value}", field=name)
+        return value
+
+    @staticmethod
+    def _check_class(model: ImageModel, index: int, field: str) -> int:
+        if not 0 <= index < model.num_classes:
+            raise InvalidInput(f"{field} {index} is out of range: the model has {model.num_classes} classes "
+                               f"(valid indices 0..{model.num_classes - 1})", field=field)
+        return index
+
+    # ------------------------------------------------------------------ Classify
+    @rpc
+    async def Classify(self, request: pb.ClassifyRequest, call: Call):
+        if not request.images:
+            raise InvalidInput("images is empty: send at least one image", field="images")
+        if len(request.images) > MAX_CLASSIFY_IMAGES:
+            raise InvalidInput(f"at most {MAX_CLASSIFY_IMAGES} images per request, got {len(request.images)}",
+                               field="images")
+        top_k = int(request.top_k) or 5
+        images = await call.run(lambda: [self.ctx.decode_image(img, field=f"images[{i}]")
+                                         for i, img in enumerate(request.images)])
+        loaded, model = await call.run(self._model, request, call)
+
+        def work():
+            with torch.no_grad():
+                return vis.classify(model.preprocess(images), model, top_k=top_k)
+
+        results = await call.run(work)
+        return pb.ClassifyResponse(
+            results=[pb.ImageClassification(predictions=[
+                pb.ClassPrediction(class_index=p.class_index, label=p.label, probability=p.probability,
+                                   score=p.score) for p in preds]) for preds in results],
+            input_size=model.input_size, meta=call.meta(loaded))
+
+    # ------------------------------------------------------------------ Saliency
+    @rpc
+    async def Saliency(self, request: pb.SaliencyRequest, call: Call):
+        if request.method not in METHOD_NAMES:
+            raise InvalidInput(f"unknown saliency method {request.method}", field="method")
+        method = METHOD_NAMES[request.method]
+        image = await call.run(self.ctx.decode_image, request.image)
+        loaded, model = await call.run(self._model, request, call)
+        target = (self._check_class(model, request.target_class, "target_class")
+                  if request.HasField("target_class") else None)
+        options: dict = {}
+        seed = None
+        if method == "smoothgrad":
+            sg = request.smoothgrad
+            seed = sg.seed if sg.HasField("seed") else _new_seed()
+            options = {"noise_level": sg.noise_level if sg.HasField("noise_level") else 0.15,
+                       "samples": self._bounded(sg.samples, 25, "smoothgrad.samples"), "seed": seed}
+        elif method == "integrated_gradients":
+            ig = request.integrated_gradients
+            if ig.baseline not in BASELINES:
+                raise InvalidInput(f"unknown baseline {ig.baseline}", field="integrated_gradients.baseline")
+            options = {"steps": self._bounded(ig.steps, 50, "integrated_gradients.steps", minimum=2),
+                       "baseline": BASELINES[ig.baseline]}
+
+        def work() -> pb.SaliencyResponse:
+            x = model.preprocess([image])  # (1, 3, S, S)
+            cls = target
+            if cls is None:  # explain the predicted class: one extra forward pass to find it
+                with torch.no_grad():
+                    cls = int(model(x).argmax(1))
+            result = vis.saliency(x, [cls], model, method, cancel=call.cancel, **options)
+            predicted = int(result.predicted[0])
+            shown = model.deprocess(x)[0]
+            smap = result.maps[0].float().cpu()  # (S, S)
+            return pb.SaliencyResponse(
+                saliency=numpy_to_tensor(smap.numpy()),
+                heatmap=image_pb_from_pil(vis.saliency_heatmap(smap)),
+                overlay=image_pb_from_pil(vis.saliency_overlay(shown, smap)),
+                input=image_pb_from_pil(shown),
+                target_class=cls, target_label=class_label(model, cls), target_score=float(result.scores[0]),
+                predicted_class=predicted, input_size=model.input_size,
+                completeness_gap=float(result.completeness_gap[0]) if result.completeness_gap is not None else 0.0,
+                method=METHOD_ENUMS[method])
+
+        response = await call.run(work)
+        response.meta.CopyFrom(call.meta(loaded, seed=seed))
+        return response
+
+    # ------------------------------------------------------------------ FoolingImage
+    @rpc
+    async def FoolingImage(self, request: pb.FoolingImageRequest, call: Call):
+        image = await call.run(self.ctx.decode_image, request.image)
+        loaded, model = await call.run(self._model, request, call)
+        target = self._check_class(model, request.target_class, "target_class")
+        max_iters = self._bounded(request.max_iterations, 100, "max_iterations")
+        learning_rate = request.learning_rate or 1.0
+        if not learning_rate > 0:
+            raise InvalidInput(f"learning_rate must be > 0, got {learning_rate}", field="learning_rate")
+        magnify = request.magnify or 10.0
+
+        def job():
+            x = model.preprocess([image])  # (1, 3, S, S)
+            for item in vis.fooling_steps(x, [target], model, learning_rate, max_iters):
+                if isinstance(item, vis.FoolingProgress):
+                    yield pb.FoolingImageResponse(progress=pb.FoolingImageProgress(
+                        iteration=item.iteration, target_score=float(item.target_score[0]),
+                        target_probability=float(item.target_probability[0]),
+                        predicted_class=int(item.predicted[0])))
+                else:
+                    yield pb.FoolingImageResponse(result=_fooling_result(model, x, item, magnify))
+
+        async for message in call.steps(job):
+            message.meta.CopyFrom(call.meta(loaded))
+            yield message
+
+    # ------------------------------------------------------------------ ClassVisualization
+    @rpc
+    async def ClassVisualization(self, request: pb.ClassVisualizationRequest, call: Call):
+        loaded, model = await call.run(self._model, request, call)
+        target = self._check_class(model, request.target_class, "target_class")
+        iterations = self._bounded(request.num_iterations, 100, "num_iterations")
+        size = int(request.size) or model.input_size
+        if not 8 <= size <= self.ctx.settings.max_image_side:
+            raise InvalidInput(f"size must be between 8 and {self.ctx.settings.max_image_side} "
+                               f"(this server's max_image_side), got {size}", field="size")
+        seed = request.seed if request.HasField("seed") else _new_seed()
+        kwargs = {
+            "l2_reg": request.l2_reg if request.HasField("l2_reg") else 1e-3,
+            "learning_rate": request.learning_rate or 25.0,
+            "num_iterations": iterations,
+            "blur_every": request.blur_every if request.HasField("blur_every") else 10,
+            "max_jitter": request.max_jitter if request.HasField("max_jitter") else min(16, size // 4),
+            "show_every": request.show_every or 25,
+            "seed": seed,
+            "size": size,
+        }
+
+        def job():
+            steps = vis.class_visualization_steps(target, model, **kwargs)
+            for item in steps:
+                if isinstance(item, vis.ClassVisualizationProgress):
+                    progress = pb.ClassVisualizationProgress(
+                        iteration=item.iteration, target_score=float(item.target_score[0]),
+                        target_probability=float(item.target_probability[0]))
+                    if item.preview is not None:
+                        progress.preview.CopyFrom(image_pb_from_pil(item.preview[0]))
+                    yield pb.ClassVisualizationResponse(progress=progress)
+                else:
+                    yield pb.ClassVisualizationResponse(result=pb.ClassVisualizationResult(
+                        image=image_pb_from_pil(item.pil[0]), target_class=target,
+                        target_label=class_label(model, target), target_score=float(item.target_score[0]),
+                        target_probability=float(item.target_probability[0]), iterations=item.iterations,
+                        size=size))
+
+        async for message in call.steps(job):
+            message.meta.CopyFrom(call.meta(loaded, seed=seed))
+            yield message
+
+
+def _fooling_result(model: ImageModel, x: torch.Tensor, result: vis.FoolingResult,
+                    magnify: float) -> pb.FoolingImageResult:
+    original, fooled = model.deprocess(x)[0], model.deprocess(result.images)[0]
+    target, before, after = int(result.target[0]), int(result.original_prediction[0]), int(result.predicted[0])
+    png_prediction = int(vis.predict_after_8bit(model, result.images)[0])
+    labels = (f"original: {class_label(model, before)}", f"fooled: {class_label(model, after)}")
+    return pb.FoolingImageResult(
+        image=image_pb_from_pil(fooled),
+        comparison=image_pb_from_pil(vis.fooling_comparison(original, fooled, magnify, labels)),
+        normalized_image=numpy_to_tensor(result.images.float().cpu().numpy()),
+        succeeded=bool(result.succeeded[0]), png_succeeded=png_prediction == target,
+        iterations=int(result.iterations[0]), original_class=before, original_label=class_label(model, before),
+        predicted_class=after, predicted_label=class_label(model, after),
+        target_probability=float(result.target_probability[0]), l2=float(result.l2[0]),
+        linf=float(result.linf[0]), relative_l2=float(result.relative_l2[0]), input_size=x.shape[-1])
+
+
+def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
+    """Run one classification and one saliency map so the first request pays no start-up cost."""
+    model = loaded.model
+    if not isinstance(model, ImageModel) or not model.has_classifier:
+        return
+    x = torch.zeros((1, 3, model.input_size, model.input_size), device=model.device)
+    vis.compute_saliency_maps(x, [0], model)
+
+
+def add_to_server(server, ctx: ServiceContext) -> None:
+    pb_grpc.add_VisualizationServiceServicer_to_server(VisualizationServicer(ctx), server)
