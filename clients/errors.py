@@ -49,6 +49,13 @@ _BY_CODE = {
 }
 
 
+def error_class(code: grpc.StatusCode | str) -> type[RpcError]:
+    """The RpcError subclass for a status code (a grpc.StatusCode or its name, e.g. "NOT_FOUND")."""
+    if isinstance(code, str):
+        code = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, RpcError)
+
+
 def from_grpc(exc: grpc.RpcError) -> RpcError:
     """Convert a grpc error (sync or aio) into the matching RpcError subclass."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN

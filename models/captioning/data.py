@@ -252,10 +252,12 @@ class CocoCaptioningData:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise FailedPrecondition(f"data folder {data_dir} does not exist")
-        idx_to_word, word_to_idx = load_vocab(data_dir / VOCAB_FILE)
         captions_path = data_dir / CAPTIONS_FILE
-        if not captions_path.is_file():
-            raise FailedPrecondition(f"{captions_path} does not exist: not a CS231n captioning folder")
+        for required in (captions_path, data_dir / VOCAB_FILE):
+            if not required.is_file():
+                raise FailedPrecondition(f"{required} does not exist: {data_dir} is not a CS231n captioning "
+                                         f"folder ({CAPTIONS_FILE} and {VOCAB_FILE} are required)")
+        idx_to_word, word_to_idx = load_vocab(data_dir / VOCAB_FILE)
         chosen = {"train": train_features, "val": val_features}
         opened: dict[str, CaptionSplit] = {}
         try:

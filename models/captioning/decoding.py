@@ -71,13 +71,13 @@ class DecodeOptions:
     seed: int | None = None
     num_captions: int = 1
 
-    def validate(self, max_length_limit: int = MAX_LENGTH_LIMIT) -> DecodeOptions:
-        """Return self, or raise InvalidInput listing every bad field (``options.<field>``)."""
+    def validate(self, max_length_limit: int = MAX_LENGTH_LIMIT, field: str = "options") -> DecodeOptions:
+        """Return self, or raise InvalidInput listing every bad field (``<field>.<name>``)."""
         bad: list[FieldViolation] = []
 
         def check(ok: bool, name: str, message: str) -> None:
             if not ok:
-                bad.append(FieldViolation(f"options.{name}", message))
+                bad.append(FieldViolation(f"{field}.{name}", message))
 
         check(self.strategy in STRATEGIES, "strategy",
               f"unknown strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
@@ -338,12 +338,6 @@ class BatchDecoder:
         self.searches.append(search)
         return handle
 
-    def options_of(self, handle: int) -> DecodeOptions:
-        for s in self.searches:
-            if s.handle == handle:
-                return s.options
-        raise KeyError(handle)
-
     def step(self) -> list[TokenEvent]:
         """Advance every active request by one token; returns the tokens decided (greedy/sample)."""
         if not self.searches:
@@ -414,21 +408,22 @@ def check_features(model: CaptioningRNN, features: np.ndarray, field: str = "fea
 
 
 def decode_batch(model: CaptioningRNN, features: np.ndarray, options: Sequence[DecodeOptions], *,
-                 check: Callable[[], None] | None = None,
-                 max_length_limit: int = MAX_LENGTH_LIMIT) -> list[list[Caption]]:
+                 check: Callable[[], None] | None = None, max_length_limit: int = MAX_LENGTH_LIMIT,
+                 dtype=np.float64) -> list[list[Caption]]:
     """Decode N requests together.
 
     Inputs:
     - features: (N, D) one feature vector per request
     - options: N DecodeOptions
     - check: called between steps (e.g. ``CancelToken.check``) to stop early by raising
+    - dtype: compute dtype; float32 is faster but gives up the batch-invariance guarantee
 
     Returns N lists of captions, best first for beam search, by caption index otherwise.
     """
     features = check_features(model, features)
     if len(options) != len(features):
         raise InvalidInput(f"{len(features)} feature vectors but {len(options)} option sets")
-    decoder = BatchDecoder(model, max_length_limit=max_length_limit)
+    decoder = BatchDecoder(model, max_length_limit=max_length_limit, dtype=dtype)
     handles = [decoder.add(f, o) for f, o in zip(features, options, strict=True)]
     results: dict[int, list[Caption]] = {}
     while decoder.active:

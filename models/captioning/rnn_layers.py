@@ -182,7 +182,8 @@ def rnn_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b
     """A tanh RNN over a whole sequence.
 
     The input projection ``x Wx + b`` of all T steps is one matrix product; only the recurrence
-    ``h_{t-1} Wh`` runs step by step. The result equals looping ``rnn_step_forward``.
+    ``h_{t-1} Wh`` runs step by step, on time-major arrays so that every step reads contiguous
+    memory. The result equals looping ``rnn_step_forward``.
 
     Inputs:
     - x: (N, T, D) input sequence
@@ -195,17 +196,20 @@ def rnn_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b
     """
     N, T, D = x.shape
     H = h0.shape[1]
-    x_proj = (x.reshape(N * T, D) @ Wx).reshape(N, T, H) + b  # (N, T, H)
-    h = np.empty((N, T, H), dtype=np.result_type(x_proj, h0))
-    prev_h = h0
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D) time-major
+    a = (x_tm.reshape(T * N, D) @ Wx).reshape(T, N, H) + b  # (T, N, H) input part of the pre-activations
+    h_tm = np.empty((T + 1, N, H), dtype=np.result_type(a, h0))  # h_tm[t + 1] = h_t, h_tm[0] = h0
+    h_tm[0] = h0
     for t in range(T):
-        prev_h = np.tanh(x_proj[:, t] + prev_h @ Wh)  # (N, H)
-        h[:, t] = prev_h
-    return h, (x, h0, Wx, Wh, h)
+        np.tanh(a[t] + h_tm[t] @ Wh, out=h_tm[t + 1])  # (N, H)
+    return h_tm[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, h_tm)  # (N, T, H)
 
 
 def rnn_backward(dh: np.ndarray, cache):
     """Backward pass of ``rnn_forward``, back-propagating through time.
+
+    Only ``dh_{t-1} = da_t Wh^T`` is sequential; the weight gradients are one matrix product each
+    over all steps.
 
     Inputs:
     - dh: (N, T, H) upstream gradient of every hidden state
@@ -213,21 +217,19 @@ def rnn_backward(dh: np.ndarray, cache):
 
     Returns ``dx (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)``.
     """
-    x, h0, Wx, Wh, h = cache
-    N, T, D = x.shape
-    H = h0.shape[1]
-    da = np.empty_like(h)  # (N, T, H) gradient of the pre-activations
-    dWh = np.zeros_like(Wh)
-    dnext_h = np.zeros_like(h0)  # (N, H) gradient flowing back through the recurrence
+    x_tm, Wx, Wh, h_tm = cache
+    T, N, D = x_tm.shape
+    H = h_tm.shape[2]
+    dh_tm = dh.transpose(1, 0, 2)  # (T, N, H)
+    da = np.empty((T, N, H), dtype=h_tm.dtype)  # gradient of the pre-activations
+    dnext_h = np.zeros((N, H), dtype=h_tm.dtype)  # gradient flowing back through the recurrence
     for t in reversed(range(T)):
-        da_t = (dh[:, t] + dnext_h) * (1.0 - h[:, t] ** 2)  # (N, H)
-        da[:, t] = da_t
-        prev_h = h[:, t - 1] if t > 0 else h0
-        dWh += prev_h.T @ da_t
-        dnext_h = da_t @ Wh.T  # (N, H)
-    da_flat = da.reshape(N * T, H)  # (N*T, H)
-    dx = (da_flat @ Wx.T).reshape(N, T, D)  # (N, T, D)
-    dWx = x.reshape(N * T, D).T @ da_flat  # (D, H)
+        np.multiply(dh_tm[t] + dnext_h, 1.0 - h_tm[t + 1] ** 2, out=da[t])  # (N, H) through tanh
+        dnext_h = da[t] @ Wh.T  # (N, H)
+    da_flat = da.reshape(T * N, H)  # (T*N, H)
+    dx = (da_flat @ Wx.T).reshape(T, N, D).transpose(1, 0, 2)  # (N, T, D)
+    dWx = x_tm.reshape(T * N, D).T @ da_flat  # (D, H)
+    dWh = h_tm[:-1].reshape(T * N, H).T @ da_flat  # (H, H): sum over t of h_{t-1}^T da_t
     db = da_flat.sum(axis=0)  # (H,)
     return dx, dnext_h, dWx, dWh, db
 
@@ -304,7 +306,8 @@ def lstm_step_backward(dnext_h: np.ndarray, dnext_c: np.ndarray, cache):
 def lstm_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray):
     """An LSTM over a whole sequence; the initial cell state is zero.
 
-    As in ``rnn_forward``, the input projection of all T steps is one matrix product.
+    As in ``rnn_forward``, the input projection of all T steps is one matrix product and the
+    recurrence runs on time-major arrays.
 
     Inputs:
     - x: (N, T, D) input sequence
@@ -317,25 +320,29 @@ def lstm_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, 
     """
     N, T, D = x.shape
     H = h0.shape[1]
-    x_proj = (x.reshape(N * T, D) @ Wx).reshape(N, T, 4 * H) + b  # (N, T, 4H)
-    dtype = np.result_type(x_proj, h0)
-    gates = np.empty((4, N, T, H), dtype=dtype)  # i, f, o, g at every step
-    c = np.empty((N, T, H), dtype=dtype)
-    tanh_c = np.empty((N, T, H), dtype=dtype)
-    h = np.empty((N, T, H), dtype=dtype)
-    prev_h, prev_c = h0, np.zeros_like(h0)
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D) time-major
+    a = (x_tm.reshape(T * N, D) @ Wx).reshape(T, N, 4 * H) + b  # (T, N, 4H) input part
+    dtype = np.result_type(a, h0)
+    gates = np.empty((T, N, 4 * H), dtype=dtype)  # i, f, o, g activations at every step
+    c_tm = np.zeros((T + 1, N, H), dtype=dtype)  # c_tm[t + 1] = c_t, c_tm[0] = 0
+    tanh_c = np.empty((T, N, H), dtype=dtype)
+    h_tm = np.empty((T + 1, N, H), dtype=dtype)  # h_tm[t + 1] = h_t, h_tm[0] = h0
+    h_tm[0] = h0
     for t in range(T):
-        i, f, o, g = _lstm_gates(x_proj[:, t] + prev_h @ Wh, H)  # 4 x (N, H)
-        prev_c = f * prev_c + i * g  # (N, H)
-        tanh_c[:, t] = np.tanh(prev_c)
-        prev_h = o * tanh_c[:, t]  # (N, H)
-        gates[0, :, t], gates[1, :, t], gates[2, :, t], gates[3, :, t] = i, f, o, g
-        c[:, t], h[:, t] = prev_c, prev_h
-    return h, (x, h0, Wx, Wh, gates, c, tanh_c, h)
+        pre = a[t] + h_tm[t] @ Wh  # (N, 4H)
+        gates[t, :, : 3 * H] = sigmoid(pre[:, : 3 * H])
+        np.tanh(pre[:, 3 * H:], out=gates[t, :, 3 * H:])
+        i, f, o, g = (gates[t, :, k * H: (k + 1) * H] for k in range(4))  # 4 x (N, H)
+        c_tm[t + 1] = f * c_tm[t] + i * g
+        np.tanh(c_tm[t + 1], out=tanh_c[t])
+        np.multiply(o, tanh_c[t], out=h_tm[t + 1])  # (N, H)
+    return h_tm[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, gates, c_tm, tanh_c, h_tm)  # (N, T, H)
 
 
 def lstm_backward(dh: np.ndarray, cache):
     """Backward pass of ``lstm_forward``, back-propagating through time.
+
+    Only the recurrence is sequential; the weight gradients are one matrix product each.
 
     Inputs:
     - dh: (N, T, H) upstream gradient of every hidden state
@@ -343,27 +350,22 @@ def lstm_backward(dh: np.ndarray, cache):
 
     Returns ``dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)``.
     """
-    x, h0, Wx, Wh, gates, c, tanh_c, h = cache
-    N, T, D = x.shape
-    H = h0.shape[1]
-    da = np.empty((N, T, 4 * H), dtype=h.dtype)  # gradient of the pre-activations
-    dWh = np.zeros_like(Wh)
-    dnext_h = np.zeros_like(h0)  # (N, H) through the recurrence
-    dnext_c = np.zeros_like(h0)  # (N, H)
-    zeros = np.zeros_like(h0)
+    x_tm, Wx, Wh, gates, c_tm, tanh_c, h_tm = cache
+    T, N, D = x_tm.shape
+    H = h_tm.shape[2]
+    dh_tm = dh.transpose(1, 0, 2)  # (T, N, H)
+    da = np.empty((T, N, 4 * H), dtype=h_tm.dtype)  # gradient of the pre-activations
+    dnext_h = np.zeros((N, H), dtype=h_tm.dtype)  # (N, H) through the recurrence
+    dnext_c = np.zeros((N, H), dtype=h_tm.dtype)  # (N, H)
     for t in reversed(range(T)):
-        prev_h = h[:, t - 1] if t > 0 else h0
-        prev_c = c[:, t - 1] if t > 0 else zeros
-        da_t, dnext_c = _lstm_gate_grads(
-            dnext_c, dh[:, t] + dnext_h, gates[0, :, t], gates[1, :, t], gates[2, :, t], gates[3, :, t],
-            prev_c, tanh_c[:, t],
-        )  # (N, 4H), (N, H)
-        da[:, t] = da_t
-        dWh += prev_h.T @ da_t
+        i, f, o, g = (gates[t, :, k * H: (k + 1) * H] for k in range(4))  # 4 x (N, H)
+        da_t, dnext_c = _lstm_gate_grads(dnext_c, dh_tm[t] + dnext_h, i, f, o, g, c_tm[t], tanh_c[t])
+        da[t] = da_t  # (N, 4H)
         dnext_h = da_t @ Wh.T  # (N, H)
-    da_flat = da.reshape(N * T, 4 * H)  # (N*T, 4H)
-    dx = (da_flat @ Wx.T).reshape(N, T, D)  # (N, T, D)
-    dWx = x.reshape(N * T, D).T @ da_flat  # (D, 4H)
+    da_flat = da.reshape(T * N, 4 * H)  # (T*N, 4H)
+    dx = (da_flat @ Wx.T).reshape(T, N, D).transpose(1, 0, 2)  # (N, T, D)
+    dWx = x_tm.reshape(T * N, D).T @ da_flat  # (D, 4H)
+    dWh = h_tm[:-1].reshape(T * N, H).T @ da_flat  # (H, 4H): sum over t of h_{t-1}^T da_t
     db = da_flat.sum(axis=0)  # (4H,)
     return dx, dnext_h, dWx, dWh, db
 

@@ -1,0 +1,232 @@
+"""Typed clients of ``pixelrpc.v1.CaptioningService`` (sync and asyncio).
+
+An input is an image (encoded bytes, a path, or a PIL image) or a feature vector (a numpy array,
+or a path to a ``.npy`` file). ``stream_caption`` yields ``TokenUpdate`` objects and ends with a
+``CaptionOutput``; closing the iterator cancels the call on the server. ``caption_many`` sends
+many inputs over one ``CaptionStream`` and yields ``(index, CaptionOutput | RpcError)`` as each
+answer arrives.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from pixelrpc.clients import errors
+from pixelrpc.clients.base import AsyncServiceClient, ServiceClient
+from pixelrpc.v1 import captioning_pb2 as pb
+from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
+from pixelrpc.v1 import common_pb2
+
+CaptionInput = bytes | str | os.PathLike | Image.Image | np.ndarray
+STRATEGIES = {"greedy": pb.DECODING_STRATEGY_GREEDY, "beam": pb.DECODING_STRATEGY_BEAM,
+              "sample": pb.DECODING_STRATEGY_SAMPLE}
+_STRATEGY_NAMES = {v: k for k, v in STRATEGIES.items()}
+
+
+@dataclass(frozen=True)
+class CaptionToken:
+    id: int
+    word: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class CaptionText:
+    """One caption: its text, tokens (ending with ``<END>`` when finished) and scores."""
+
+    text: str
+    tokens: tuple[CaptionToken, ...]
+    score: float
+    logprob: float
+    finished: bool
+
+    @classmethod
+    def from_pb(cls, c: pb.Caption) -> CaptionText:
+        return cls(c.text, tuple(CaptionToken(t.id, t.word, t.logprob) for t in c.tokens), c.score, c.logprob,
+                   c.finished)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.id for t in self.tokens]
+
+
+@dataclass(frozen=True)
+class CaptionOutput:
+    """The answer to one input: captions (best first for beam search), the options and model used."""
+
+    captions: tuple[CaptionText, ...]
+    strategy: str
+    options: pb.CaptionOptions
+    encoder: str  # "name:version" of the encoder for image input, else ""
+    meta: common_pb2.ResponseMeta
+
+    @property
+    def text(self) -> str:
+        return self.captions[0].text if self.captions else ""
+
+    @classmethod
+    def from_pb(cls, r: pb.CaptionResult) -> CaptionOutput:
+        encoder = f"{r.encoder.name}:{r.encoder.version}" if r.encoder.name else ""
+        return cls(tuple(CaptionText.from_pb(c) for c in r.captions),
+                   _STRATEGY_NAMES.get(r.options.strategy, "greedy"), r.options, encoder, r.meta)
+
+    def to_json(self) -> dict:
+        return {
+            "captions": [{"text": c.text, "score": c.score, "logprob": c.logprob, "finished": c.finished,
+                          "tokens": [{"id": t.id, "word": t.word, "logprob": t.logprob} for t in c.tokens]}
+                         for c in self.captions],
+            "strategy": self.strategy, "encoder": self.encoder,
+            "model": f"{self.meta.model_name}:{self.meta.model_version}", "model_sha256": self.meta.model_sha256,
+            "seed": self.meta.seed if self.strategy == "sample" else None, "request_id": self.meta.request_id,
+        }
+
+
+@dataclass(frozen=True)
+class TokenUpdate:
+    """A token as the server decodes it (greedy and sampling)."""
+
+    caption_index: int
+    position: int
+    token: CaptionToken
+
+
+def input_job(job: pb.CaptionJob, value: CaptionInput) -> None:
+    """Put an image or a feature vector into ``job``."""
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value, dtype=np.float64 if value.dtype == np.float64 else np.float32)
+        job.features.CopyFrom(common_pb2.Tensor(shape=list(arr.shape), dtype=arr.dtype.name,
+                                                data=arr.astype(arr.dtype.newbyteorder("<")).tobytes()))
+    elif isinstance(value, Image.Image):
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        job.image.CopyFrom(common_pb2.Image(data=buf.getvalue(), format_hint="png"))
+    elif isinstance(value, bytes | bytearray):
+        job.image.CopyFrom(common_pb2.Image(data=bytes(value)))
+    elif str(value).lower().endswith(".npy"):
+        input_job(job, np.load(value, allow_pickle=False))
+    else:
+        with open(value, "rb") as f:
+            job.image.CopyFrom(common_pb2.Image(data=f.read()))
+
+
+def build_job(value: CaptionInput, *, model: str = "", strategy: str = "greedy", max_length: int = 0,
+              beam_width: int = 0, length_penalty: float = 0.0, temperature: float | None = None,
+              seed: int | None = None, num_captions: int = 0) -> pb.CaptionJob:
+    """A ``CaptionJob``; ``model`` is NAME[:VERSION]; zeros take the server's defaults."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+    name, _, version = model.partition(":")
+    options = pb.CaptionOptions(strategy=STRATEGIES[strategy], max_length=max_length, beam_width=beam_width,
+                                length_penalty=length_penalty, num_captions=num_captions)
+    if temperature is not None:
+        options.temperature = float(temperature)
+    if seed is not None:
+        options.seed = int(seed)
+    job = pb.CaptionJob(model=common_pb2.ModelRef(name=name, version=int(version or 0)), options=options)
+    input_job(job, value)
+    return job
+
+
+def _job(value: CaptionInput | pb.CaptionJob, options: dict) -> pb.CaptionJob:
+    return value if isinstance(value, pb.CaptionJob) else build_job(value, **options)
+
+
+def item_error(err: pb.CaptionError) -> errors.RpcError:
+    """The client exception of one failed CaptionStream item."""
+    code = getattr(grpc.StatusCode, err.status, grpc.StatusCode.UNKNOWN)
+    cls = errors.error_class(code)
+    return cls(code, err.message, violations=[(v.field, v.description) for v in err.field_errors])
+
+
+def _event(msg: pb.StreamCaptionResponse) -> TokenUpdate | CaptionOutput:
+    if msg.HasField("result"):
+        return CaptionOutput.from_pb(msg.result)
+    t = msg.token
+    return TokenUpdate(t.caption_index, t.position, CaptionToken(t.token.id, t.token.word, t.token.logprob))
+
+
+def _outcome(msg: pb.CaptionStreamResponse) -> tuple[int, CaptionOutput | errors.RpcError]:
+    index = int(msg.id)
+    if msg.HasField("error"):
+        return index, item_error(msg.error)
+    return index, CaptionOutput.from_pb(msg.result)
+
+
+class CaptioningClient(ServiceClient):
+    """Sync client: ``caption``, ``stream_caption``, ``caption_many``."""
+
+    def __init__(self, target, **kw):
+        super().__init__(target, **kw)
+        self._stub = pb_grpc.CaptioningServiceStub(self.channel)
+
+    def caption(self, value: CaptionInput, *, timeout: float | None = None, request_id: str | None = None,
+                **options) -> CaptionOutput:
+        request = pb.CaptionRequest(job=build_job(value, **options))
+        return CaptionOutput.from_pb(self.unary(self._stub.Caption, request, timeout=timeout,
+                                                request_id=request_id).result)
+
+    def stream_caption(self, value: CaptionInput, *, timeout: float | None = None,
+                       request_id: str | None = None, **options) -> Iterator[TokenUpdate | CaptionOutput]:
+        request = pb.StreamCaptionRequest(job=build_job(value, **options))
+        for msg in self.stream(self._stub.StreamCaption, request, timeout=timeout, request_id=request_id):
+            yield _event(msg)
+
+    def caption_many(self, values: Iterable[CaptionInput | pb.CaptionJob], *, timeout: float | None = None,
+                     request_id: str | None = None, **options,
+                     ) -> Iterator[tuple[int, CaptionOutput | errors.RpcError]]:
+        """One CaptionStream for all inputs; yields ``(input index, output or error)`` as answers arrive.
+        A bad input yields its error and the others go on. An input may also be a ready ``CaptionJob``
+        (its own model and options)."""
+        requests = (pb.CaptionStreamRequest(id=str(i), job=_job(v, options))
+                    for i, v in zip(itertools.count(), values))
+        call = self._stub.CaptionStream(requests, timeout=timeout or self.timeout,
+                                        metadata=self.metadata(request_id))
+        try:
+            for msg in call:
+                yield _outcome(msg)
+        except grpc.RpcError as exc:
+            raise errors.from_grpc(exc) from None
+        finally:
+            call.cancel()
+
+
+class AsyncCaptioningClient(AsyncServiceClient):
+    """Asyncio client with the same methods as ``CaptioningClient``."""
+
+    def __init__(self, target, **kw):
+        super().__init__(target, **kw)
+        self._stub = pb_grpc.CaptioningServiceStub(self.channel)
+
+    async def caption(self, value: CaptionInput, *, timeout: float | None = None,
+                      request_id: str | None = None, **options) -> CaptionOutput:
+        request = pb.CaptionRequest(job=build_job(value, **options))
+        resp = await self.unary(self._stub.Caption, request, timeout=timeout, request_id=request_id)
+        return CaptionOutput.from_pb(resp.result)
+
+    async def stream_caption(self, value: CaptionInput, *, timeout: float | None = None,
+                             request_id: str | None = None, **options) -> AsyncIterator[TokenUpdate | CaptionOutput]:
+        request = pb.StreamCaptionRequest(job=build_job(value, **options))
+        async for msg in self.stream(self._stub.StreamCaption, request, timeout=timeout, request_id=request_id):
+            yield _event(msg)
+
+    async def caption_many(self, values: Iterable[CaptionInput | pb.CaptionJob], *, timeout: float | None = None,
+                           request_id: str | None = None, **options,
+                           ) -> AsyncIterator[tuple[int, CaptionOutput | errors.RpcError]]:
+        requests = [pb.CaptionStreamRequest(id=str(i), job=_job(v, options)) for i, v in enumerate(values)]
+        call = self._stub.CaptionStream(iter(requests), timeout=timeout or self.timeout,
+                                        metadata=self.metadata(request_id))
+        try:
+            async for msg in call:
+                yield _outcome(msg)
+        except grpc.RpcError as exc:
+            raise errors.from_grpc(exc) from None
+        finally:
+            call.cancel()

@@ -1,0 +1,314 @@
+"""``pixelrpc.v1.CaptioningService``: captions from images or feature vectors, batched across callers.
+
+A request is planned first (model, options, input -> one feature vector): a feature vector is
+checked against the captioner's input dimension; an image is decoded with the server's limits and
+run through the captioner's pinned encoder in the bounded executor. Decoding then goes through the
+model's ``ModelBatcher`` (``services/captioning_batcher.py``), which decodes concurrent requests
+together; with ``max_batch_size`` 1 each request is decoded alone in the executor instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import grpc
+import numpy as np
+
+from pixelrpc.models.captioning.decoding import (
+    MAX_LENGTH_LIMIT,
+    Caption,
+    DecodeOptions,
+    Finished,
+    TokenEvent,
+    check_features,
+    decode,
+    decode_steps,
+)
+from pixelrpc.models.captioning.features import embed_images, load_pinned_encoder
+from pixelrpc.models.errors import FailedPrecondition, InvalidInput, PixelRPCError
+from pixelrpc.models.registry import LoadedModel
+from pixelrpc.services.captioning_batcher import BatchPolicy, ModelBatcher
+from pixelrpc.services.convert import tensor_to_numpy
+from pixelrpc.services.errors import status_code_for
+from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.v1 import captioning_pb2 as pb
+from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
+from pixelrpc.v1 import common_pb2
+
+log = logging.getLogger("pixelrpc.captioning")
+
+SERVICE_NAME = "pixelrpc.v1.CaptioningService"
+TASKS = ("captioning",)
+# A request that names no model gets the first of these present in the registry (see
+# ServiceContext.choose_default); the choice is reported in ResponseMeta.model_choice.
+DEFAULT_MODELS = ("shapes-captioner",)
+DEFAULT_MAX_LENGTH = 30
+DEFAULT_BEAM_WIDTH = 3
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_DELAY_MS = 2.0
+STREAM_WINDOW = 128  # CaptionStream requests in progress at once per stream
+BATCHERS_KEY = "captioning_batchers"
+_STRATEGIES = {pb.DECODING_STRATEGY_UNSPECIFIED: "greedy", pb.DECODING_STRATEGY_GREEDY: "greedy",
+               pb.DECODING_STRATEGY_BEAM: "beam", pb.DECODING_STRATEGY_SAMPLE: "sample"}
+_STRATEGY_PB = {"greedy": pb.DECODING_STRATEGY_GREEDY, "beam": pb.DECODING_STRATEGY_BEAM,
+                "sample": pb.DECODING_STRATEGY_SAMPLE}
+
+
+@dataclass
+class CaptionPlan:
+    """A checked request: the captioner, one feature vector (D,), resolved options."""
+
+    loaded: LoadedModel
+    features: np.ndarray
+    options: DecodeOptions
+    encoder: LoadedModel | None = None
+
+
+def options_from_pb(opts: pb.CaptionOptions, field: str = "job.options") -> DecodeOptions:
+    """Request options with the service's defaults filled in, validated; a sampling seed is drawn if unset."""
+    if opts.strategy not in _STRATEGIES:
+        raise InvalidInput(f"{field}.strategy {opts.strategy} is not a DecodingStrategy value",
+                           field=f"{field}.strategy")
+    strategy = _STRATEGIES[opts.strategy]
+    options = DecodeOptions(
+        strategy=strategy,
+        max_length=int(opts.max_length) or DEFAULT_MAX_LENGTH,
+        beam_width=int(opts.beam_width) or DEFAULT_BEAM_WIDTH,
+        length_penalty=float(opts.length_penalty),
+        temperature=float(opts.temperature) if opts.HasField("temperature") else 1.0,
+        seed=int(opts.seed) if opts.HasField("seed") else None,
+        num_captions=int(opts.num_captions) or 1,
+    ).validate(MAX_LENGTH_LIMIT, field=field)
+    if strategy == "sample" and options.seed is None:
+        options = replace(options, seed=secrets.randbits(62))
+    return options
+
+
+def options_pb(o: DecodeOptions) -> pb.CaptionOptions:
+    out = pb.CaptionOptions(strategy=_STRATEGY_PB[o.strategy], max_length=o.max_length,
+                            num_captions=o.num_captions)
+    if o.strategy == "beam":
+        out.beam_width, out.length_penalty = o.beam_width, o.length_penalty
+    if o.strategy == "sample":
+        out.temperature, out.seed = o.temperature, int(o.seed)
+    return out
+
+
+def caption_pb(c: Caption, idx_to_word) -> pb.Caption:
+    tokens = [pb.CaptionToken(id=t, word=idx_to_word[t], logprob=lp) for t, lp in zip(c.tokens, c.logprobs,
+                                                                                       strict=True)]
+    return pb.Caption(text=c.text, tokens=tokens, score=c.score, logprob=c.logprob, finished=c.finished)
+
+
+def error_pb(exc: BaseException, request_id: str) -> pb.CaptionError:
+    """One CaptionStream item's error, shaped like google.rpc.Status."""
+    if isinstance(exc, PixelRPCError):
+        code, message = status_code_for(exc), exc.message
+        fields = [pb.FieldError(field=v.field, description=v.description) for v in exc.violations]
+    else:
+        code, fields = grpc.StatusCode.INTERNAL, []
+        message = f"internal error (request id {request_id}); the server logged the details"
+    return pb.CaptionError(code=code.value[0], status=code.name, message=message, field_errors=fields)
+
+
+class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+        self.batchers: dict[tuple, ModelBatcher] = ctx.state.setdefault(BATCHERS_KEY, {})
+
+    # ------------------------------------------------------------------ planning
+    def resolve(self, job: pb.CaptionJob, call: Call | None = None) -> tuple[LoadedModel, DecodeOptions, str]:
+        """Model and options (blocking: the first use of a model loads it)."""
+        loaded = self.ctx.get_model(job.model, task="captioning", default=DEFAULT_MODELS, field="job.model",
+                                    call=call)
+        options = options_from_pb(job.options)
+        which = job.WhichOneof("input")
+        if which is None:
+            raise InvalidInput("job.image or job.features is required", field="job.input")
+        return loaded, options, which
+
+    def features_of(self, loaded: LoadedModel, job: pb.CaptionJob) -> np.ndarray:
+        arr = tensor_to_numpy(job.features, field="job.features")
+        if arr.dtype.kind != "f":
+            raise InvalidInput(f"job.features must be float32 or float64, got {job.features.dtype}",
+                               field="job.features.dtype")
+        if arr.ndim == 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 1:
+            raise InvalidInput(f"job.features must have shape [D] or [1, D], got {list(arr.shape)}",
+                               field="job.features.shape")
+        return check_features(loaded.model, arr, field="job.features")[0]  # (D,)
+
+    def encode_image(self, loaded: LoadedModel, job: pb.CaptionJob) -> tuple[np.ndarray, LoadedModel]:
+        """Decode the image and run the pinned encoder (blocking, CPU/GPU heavy)."""
+        encoder = load_pinned_encoder(self.ctx.cache, loaded.manifest)
+        image = self.ctx.decode_image(job.image, field="job.image")
+        features = embed_images(encoder.model, [image])[0]  # (D,)
+        if features.shape[0] != loaded.model.input_dim:
+            raise FailedPrecondition(
+                f"encoder {encoder.manifest.ref} gives {features.shape[0]} features but captioner "
+                f"{loaded.manifest.ref} takes {loaded.model.input_dim}")
+        return features, encoder
+
+    async def plan(self, job: pb.CaptionJob, call: Call) -> CaptionPlan:
+        loop = asyncio.get_running_loop()
+        loaded, options, which = await loop.run_in_executor(self.ctx.jobs.executor, self.resolve, job, call)
+        call.model = loaded.manifest.ref
+        if which == "features":
+            return CaptionPlan(loaded, self.features_of(loaded, job), options)
+        features, encoder = await call.run(self.encode_image, loaded, job)
+        return CaptionPlan(loaded, features, options, encoder)
+
+    # ------------------------------------------------------------------ decoding
+    def batcher_for(self, loaded: LoadedModel) -> ModelBatcher | None:
+        """The model's batcher, or None when batching is off (max_batch_size 1)."""
+        size = int(self.ctx.serving_config(loaded, "max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+        if size <= 1:
+            return None
+        key = (loaded.manifest.name, loaded.manifest.version, loaded.manifest.sha256, id(loaded.model))
+        batcher = self.batchers.get(key)
+        if batcher is None:
+            self._forget_unloaded()
+            delay_ms = float(self.ctx.serving_config(loaded, "max_batch_delay_ms", DEFAULT_MAX_BATCH_DELAY_MS))
+            jobs = self.ctx.jobs
+            policy = BatchPolicy(max_batch_size=size, max_delay_s=max(0.0, delay_ms) / 1000.0,
+                                 max_pending=max(1, self.ctx.settings.queue_depth) * size)
+            batcher = ModelBatcher(
+                loaded.model, policy=policy, executor=jobs.executor, acquire_slot=jobs.acquire,
+                release_slot=jobs.release, max_length_limit=MAX_LENGTH_LIMIT,
+                observe_batch=self.ctx.metrics.batch_size.labels(self.ctx.name).observe)
+            self.batchers[key] = batcher
+        return batcher
+
+    def _forget_unloaded(self) -> None:
+        loaded = {id(m.model) for m in self.ctx.cache.loaded()}
+        for key, batcher in list(self.batchers.items()):
+            if key[3] not in loaded and batcher.idle:
+                del self.batchers[key]
+
+    async def events(self, plan: CaptionPlan, call: Call, want_tokens: bool) -> AsyncIterator[TokenEvent | Finished]:
+        batcher = self.batcher_for(plan.loaded)
+        start = time.perf_counter()
+        try:
+            if batcher is not None:
+                async for item in batcher.stream(plan.features, plan.options, call.cancel, want_tokens):
+                    yield item
+            elif want_tokens:
+                async for item in call.steps(lambda: decode_steps(plan.loaded.model, plan.features, plan.options)):
+                    yield item
+            else:
+                captions = await call.run(decode, plan.loaded.model, plan.features, plan.options)
+                yield Finished(captions)
+        finally:
+            if batcher is not None:
+                call.compute_ms += (time.perf_counter() - start) * 1000.0
+
+    async def caption(self, job: pb.CaptionJob, call: Call) -> pb.CaptionResult:
+        plan = await self.plan(job, call)
+        async for item in self.events(plan, call, want_tokens=False):
+            if isinstance(item, Finished):
+                return self.result_pb(plan, item, call)
+        raise AssertionError("decoding always ends with Finished")
+
+    def result_pb(self, plan: CaptionPlan, finished: Finished, call: Call) -> pb.CaptionResult:
+        words = plan.loaded.model.idx_to_word
+        out = pb.CaptionResult(captions=[caption_pb(c, words) for c in finished.captions],
+                               options=options_pb(plan.options),
+                               meta=call.meta(plan.loaded, seed=plan.options.seed))
+        if plan.encoder is not None:
+            out.encoder.CopyFrom(common_pb2.ModelRef(name=plan.encoder.manifest.name,
+                                                     version=plan.encoder.manifest.version))
+        return out
+
+    # ------------------------------------------------------------------ RPCs
+    @rpc
+    async def Caption(self, request: pb.CaptionRequest, call: Call):
+        return pb.CaptionResponse(result=await self.caption(request.job, call))
+
+    @rpc
+    async def StreamCaption(self, request: pb.StreamCaptionRequest, call: Call):
+        plan = await self.plan(request.job, call)
+        words = plan.loaded.model.idx_to_word
+        async for item in self.events(plan, call, want_tokens=True):
+            if isinstance(item, TokenEvent):
+                token = pb.CaptionToken(id=item.token, word=words[item.token], logprob=item.logprob)
+                yield pb.StreamCaptionResponse(token=pb.TokenUpdate(caption_index=item.caption,
+                                                                    position=item.position, token=token))
+            else:
+                yield pb.StreamCaptionResponse(result=self.result_pb(plan, item, call))
+
+    @rpc
+    async def CaptionStream(self, request_iterator, call: Call):
+        """Each request is planned and decoded as its own task; answers go out as they are ready."""
+        answers: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(int(self.ctx.settings.extra.get("captioning_stream_window", STREAM_WINDOW)))
+        open_ids: set[str] = set()
+        tasks: set[asyncio.Task] = set()
+        received = 0  # requests read; each gets exactly one answer
+        end_of_requests = object()
+
+        async def answer(req: pb.CaptionStreamRequest) -> None:
+            try:
+                result = await self.caption(req.job, call)
+                response = pb.CaptionStreamResponse(id=req.id, result=result)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every item gets an answer; the stream goes on
+                if not isinstance(exc, PixelRPCError):
+                    log.error("CaptionStream item %r failed (request id %s)", req.id, call.request_id, exc_info=exc)
+                response = pb.CaptionStreamResponse(id=req.id, error=error_pb(exc, call.request_id))
+            finally:
+                open_ids.discard(req.id)
+                window.release()
+            answers.put_nowait(response)
+
+        async def read() -> None:
+            nonlocal received
+            try:
+                async for req in request_iterator:
+                    await window.acquire()
+                    received += 1
+                    if not req.id or req.id in open_ids:
+                        window.release()
+                        why = "is required" if not req.id else f"{req.id!r} is already in progress on this stream"
+                        err = InvalidInput(f"id {why}: give each request a unique id", field="id")
+                        answers.put_nowait(pb.CaptionStreamResponse(id=req.id, error=error_pb(err, call.request_id)))
+                        continue
+                    open_ids.add(req.id)
+                    task = asyncio.get_running_loop().create_task(answer(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                answers.put_nowait(end_of_requests)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            reading, answered = True, 0
+            while reading or answered < received:
+                item = await answers.get()
+                if item is end_of_requests:
+                    reading = False
+                    continue
+                answered += 1
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+def add_to_server(server: grpc.aio.Server, ctx: ServiceContext) -> None:
+    pb_grpc.add_CaptioningServiceServicer_to_server(CaptioningServicer(ctx), server)
+
+
+def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
+    """Decode one caption so the first request does not pay for lazy initialisation."""
+    model = loaded.model
+    if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
+        return
+    decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2))

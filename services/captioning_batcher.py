@@ -1,0 +1,263 @@
+"""Dynamic batching of caption decoding: concurrent requests for one model share every step.
+
+One ``ModelBatcher`` per loaded captioner owns a ``BatchDecoder`` (see
+``pixelrpc.models.captioning.decoding``) and a worker task on the server's event loop. The worker
+admits waiting requests between two decoding steps (iteration-level batching, as in Orca, Yu et al.,
+OSDI 2022), runs one step for every active request in the job executor, and hands each request its
+tokens and, at the end, its captions.
+
+Policy:
+
+- ``max_batch_size`` requests are decoded together at most; the rest wait (at most
+  ``max_pending``; beyond that a request is refused with RESOURCE_EXHAUSTED).
+- When the worker is idle and a request arrives, it waits up to ``max_delay_s`` for others
+  (or until the batch is full) before the first step; requests arriving while a batch runs join it
+  at the next step without waiting.
+- While it has work the worker holds one job slot of the service's bounded executor, so the
+  server's ``max_concurrency`` still bounds the CPU work.
+
+A request's result never depends on its batch: rows are independent and each sampled caption has
+its own generator. A cancelled call, or one whose deadline passed, leaves the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pixelrpc.models.captioning.decoding import BatchDecoder, DecodeOptions, Finished, TokenEvent
+from pixelrpc.models.errors import Cancelled, CancelToken, DeadlineExceeded, Overloaded, PixelRPCError
+
+log = logging.getLogger("pixelrpc.captioning.batcher")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 32
+    max_delay_s: float = 0.002
+    max_pending: int = 512
+
+
+@dataclass
+class BatcherStats:
+    steps: int = 0
+    requests: int = 0
+    max_batch: int = 0  # most requests decoded together in one step
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # requests per step -> number of steps
+
+
+@dataclass
+class StepOutcome:
+    admitted: list
+    rejected: list
+    batch: int  # requests decoded in this step
+    events: list[TokenEvent]
+    finished: dict  # handle -> captions
+
+
+@dataclass(eq=False)
+class _Request:
+    features: np.ndarray  # (D,)
+    options: DecodeOptions
+    cancel: CancelToken
+    want_tokens: bool
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    handle: int | None = None
+    gone: bool = False  # the caller stopped listening
+    done: bool = False
+
+
+class ModelBatcher:
+    """Batches the decoding requests of one captioner."""
+
+    def __init__(self, model, *, policy: BatchPolicy, executor, acquire_slot: Callable | None = None,
+                 release_slot: Callable | None = None, observe_batch: Callable[[int], None] | None = None,
+                 max_length_limit: int = 100):
+        self.model = model
+        self.policy = policy
+        self.executor = executor
+        self._acquire_slot, self._release_slot = acquire_slot, release_slot
+        self._observe = observe_batch
+        self.max_length_limit = max_length_limit
+        self.decoder = BatchDecoder(model, max_length_limit=max_length_limit)
+        self.pending: deque[_Request] = deque()
+        self.active: dict[int, _Request] = {}
+        self.stats = BatcherStats()
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ callers
+    @property
+    def idle(self) -> bool:
+        return not self.pending and not self.active
+
+    async def stream(self, features: np.ndarray, options: DecodeOptions, cancel: CancelToken,
+                     want_tokens: bool = True) -> AsyncIterator[TokenEvent | Finished]:
+        """Decode one request with the others: TokenEvents (if wanted), then one ``Finished``."""
+        if len(self.pending) >= self.policy.max_pending:
+            raise Overloaded(f"captioning queue full: {len(self.pending)} requests wait for a batch slot "
+                             f"(max_pending={self.policy.max_pending}); retry later")
+        request = _Request(np.asarray(features), options, cancel, want_tokens)
+        self.pending.append(request)
+        self._kick()
+        try:
+            while True:
+                item = await request.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            if not request.done:
+                request.gone = True
+                self._kick()
+
+    async def decode(self, features: np.ndarray, options: DecodeOptions, cancel: CancelToken) -> Finished:
+        """Decode one request with the others; returns its captions."""
+        async for item in self.stream(features, options, cancel, want_tokens=False):
+            if isinstance(item, Finished):
+                return item
+        raise AssertionError("a decoding stream always ends with Finished")
+
+    # ------------------------------------------------------------------ worker
+    def _kick(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="caption-batcher")
+
+    async def _gather_first_batch(self) -> None:
+        """Idle -> busy: give concurrent callers ``max_delay_s`` to arrive together."""
+        deadline = time.monotonic() + self.policy.max_delay_s
+        while len(self.pending) < self.policy.max_batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        holding_slot = False
+        try:
+            while self.pending or self.active:
+                if not self.active:
+                    await self._gather_first_batch()
+                if not holding_slot and self._acquire_slot is not None:
+                    try:
+                        await self._acquire_slot()
+                    except PixelRPCError as exc:
+                        self._fail_pending(exc)
+                        continue
+                    holding_slot = True
+                admit, drop = self._plan_step()
+                if not admit and not self.active and not drop:
+                    continue
+                try:
+                    outcome = await loop.run_in_executor(self.executor, self._step, admit, drop)
+                except Exception as exc:  # noqa: BLE001 - a decoding bug fails the batch, not the server
+                    log.exception("caption decoding step failed; failing %d requests", len(self.active) + len(admit))
+                    for request in admit:
+                        self._finish(request, exc)
+                    self._fail_all(exc)
+                    continue
+                self._deliver(outcome)
+        finally:
+            if holding_slot and self._release_slot is not None:
+                self._release_slot()
+            if self.pending or self.active:  # cancelled while busy (server stopping)
+                self._fail_all(Cancelled("the server stopped before the caption was decoded"))
+
+    def _plan_step(self) -> tuple[list[_Request], list[_Request]]:
+        """Which waiting requests join now, which active ones leave (cancelled or expired)."""
+        drop = []
+        for request in list(self.active.values()):
+            error = self._stop_reason(request)
+            if error is not None:
+                drop.append(request)
+                del self.active[request.handle]
+                self._finish(request, error)
+        admit = []
+        room = self.policy.max_batch_size - len(self.active)
+        while self.pending and len(admit) < room:
+            request = self.pending.popleft()
+            error = self._stop_reason(request)
+            if error is not None:
+                self._finish(request, error)
+                continue
+            admit.append(request)
+        return admit, drop
+
+    @staticmethod
+    def _stop_reason(request: _Request) -> PixelRPCError | None:
+        if request.gone:
+            return Cancelled("the caller went away")
+        try:
+            request.cancel.check()
+        except (Cancelled, DeadlineExceeded) as exc:
+            return exc
+        return None
+
+    def _step(self, admit: list[_Request], drop: list[_Request]):
+        """In the executor: drop, admit, advance one token. Only this thread touches the decoder."""
+        for request in drop:
+            self.decoder.cancel(request.handle)
+        admitted, rejected = [], []
+        for request in admit:
+            try:
+                request.handle = self.decoder.add(request.features, request.options)
+                admitted.append(request)
+            except PixelRPCError as exc:
+                rejected.append((request, exc))
+        batch = len(self.decoder.active)
+        events = self.decoder.step() if batch else []
+        return StepOutcome(admitted, rejected, batch, events, self.decoder.pop_finished())
+
+    def _deliver(self, outcome: StepOutcome) -> None:
+        """On the event loop: hand every request what this step produced for it."""
+        for request, exc in outcome.rejected:
+            self._finish(request, exc)
+        for request in outcome.admitted:
+            self.active[request.handle] = request
+        if outcome.batch:
+            self.stats.steps += 1
+            self.stats.max_batch = max(self.stats.max_batch, outcome.batch)
+            self.stats.batch_sizes[outcome.batch] = self.stats.batch_sizes.get(outcome.batch, 0) + 1
+            if self._observe is not None:
+                self._observe(outcome.batch)
+        for event in outcome.events:
+            request = self.active.get(event.request)
+            if request is not None and request.want_tokens and not request.gone:
+                request.queue.put_nowait(event)
+        for handle, captions in outcome.finished.items():
+            request = self.active.pop(handle, None)
+            if request is not None:
+                self.stats.requests += 1
+                self._finish(request, Finished(captions))
+
+    @staticmethod
+    def _finish(request: _Request, item) -> None:
+        request.done = True
+        request.queue.put_nowait(item)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while self.pending:
+            self._finish(self.pending.popleft(), exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._fail_pending(exc)
+        for request in self.active.values():
+            self._finish(request, exc)
+        self.active.clear()
+        self.decoder = BatchDecoder(self.model, max_length_limit=self.max_length_limit)
