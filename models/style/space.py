@@ -11,8 +11,8 @@ fix the map ``x = lo + p * (hi - lo)`` from pixels to the model's input, hence
 
 For a torchvision-normalised model this is the identity. For the Caffe SqueezeNet trunk (RGB on
 0-255 minus the mean pixel) it is ``x = 255 * (m + s z) - mean_pixel``, so the assignment's clamp
-z in [-1.5, 1.5] is x in ``lo + (m -/+ 1.5 s) * (hi - lo)`` = about [-86.0, +89.2], [-85.9, +85.8],
-[-85.8, +86.3] for R, G, B (pixels m -/+ 1.5 s: [0.142, 0.829], [0.120, 0.792], [0.069, 0.744]),
+z in [-1.5, 1.5] is x in ``lo + (m -/+ 1.5 s) * (hi - lo)`` = about [-86.6, +88.6], [-86.1, +85.3],
+[-86.5, +85.6] for R, G, B (pixels m -/+ 1.5 s: [0.142, 0.829], [0.120, 0.792], [0.069, 0.744]),
 and Adam's step in pixel units is the same as in the assignment. Only the loss terms measured on
 features depend on the model; ``pixelrpc.models.style.calibrate`` handles those.
 

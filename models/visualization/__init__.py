@@ -17,6 +17,7 @@ from pixelrpc.models.visualization.fooling import (
     FoolingResult,
     fooling_steps,
     make_fooling_image,
+    predict_after_8bit,
 )
 from pixelrpc.models.visualization.render import (
     fooling_comparison,
@@ -54,6 +55,7 @@ __all__ = [
     "jitter",
     "make_fooling_image",
     "path_weights",
+    "predict_after_8bit",
     "saliency",
     "saliency_heatmap",
     "saliency_overlay",

@@ -139,3 +139,16 @@ def make_fooling_image(X: torch.Tensor, target_y, model: ImageModel | torch.nn.M
         pass
     assert isinstance(result, FoolingResult)
     return result
+
+
+@torch.no_grad()
+def predict_after_8bit(model: ImageModel, images: torch.Tensor) -> torch.Tensor:
+    """The model's class for images (N, 3, H, W) after rounding them to 8-bit RGB, as a PNG stores them.
+
+    A fooling image found in floating point can stop fooling once quantised; this says honestly
+    whether the picture a client downloads still does. Returns (N,) long.
+    """
+    side = images.shape[-1]
+    requantised = model.preprocess(model.deprocess(images), size=side)  # (N, 3, H, W), H == W
+    return scores_of(model, requantised.to(images.dtype)).argmax(dim=1)
+

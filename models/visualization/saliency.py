@@ -53,20 +53,23 @@ class SaliencyResult:
     scores: torch.Tensor
     completeness_gap: torch.Tensor | None = None
     seed: int | None = None  # SmoothGrad only: reproduces the noise
+    predicted: torch.Tensor | None = None  # (N,) the model's top class for each (unperturbed) image
 
 
-def _target_gradients(model: ImageModel, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _target_gradients(model: ImageModel, x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradient of each image's own target score w.r.t. that image, in one backward pass.
 
-    Inputs: x (B, 3, H, W), y (B,). Returns grads (B, 3, H, W) and the target scores (B,).
-    Summing the B scores is exact because images do not interact in an eval-mode network.
+    Inputs: x (B, 3, H, W), y (B,). Returns grads (B, 3, H, W), the target scores (B,) and the top
+    class of each image (B,). Summing the B scores is exact because images do not interact in an
+    eval-mode network.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         scores = scores_of(model, x)  # (B, K)
         picked = scores.gather(1, y[:, None]).squeeze(1)  # (B,)
         (grads,) = torch.autograd.grad(picked.sum(), x)
-    return grads, picked.detach()
+    return grads, picked.detach(), scores.detach().argmax(dim=1)
 
 
 def _prepare(X, y, model, batch_size, field="class"):
@@ -77,10 +80,11 @@ def _prepare(X, y, model, batch_size, field="class"):
 
 
 @torch.no_grad()
-def target_scores(X: torch.Tensor, y: torch.Tensor, model: ImageModel, batch_size: int) -> torch.Tensor:
-    """score_y of each image (N,), in chunks, without building a graph."""
-    return torch.cat([scores_of(model, X[i:i + batch_size]).gather(1, y[i:i + batch_size, None]).squeeze(1)
-                      for i in range(0, X.shape[0], batch_size)])
+def target_scores(X: torch.Tensor, y: torch.Tensor, model: ImageModel,
+                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """score_y of each image (N,) and its top class (N,), in chunks, without building a graph."""
+    scores = torch.cat([scores_of(model, X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)])  # (N, K)
+    return scores.gather(1, y[:, None]).squeeze(1), scores.argmax(dim=1)
 
 
 def _poll(cancel: CancelToken | None) -> None:
@@ -92,13 +96,21 @@ def input_gradients(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, *,
                     batch_size: int = DEFAULT_BATCH_SIZE,
                     cancel: CancelToken | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """d score_y / d X for each image: returns grads (N, 3, H, W) and target scores (N,)."""
+    grads, scores, _ = _vanilla(X, y, model, batch_size, cancel)
+    return grads, scores
+
+
+def _vanilla(X, y, model, batch_size, cancel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_gradients plus the top class of each image (N,), from the same forward passes."""
     model, X, y, batch_size = _prepare(X, y, model, batch_size)
     grads, scores = torch.empty_like(X), torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+    predicted = torch.empty(X.shape[0], dtype=torch.long, device=X.device)
     for start in range(0, X.shape[0], batch_size):
         _poll(cancel)
         end = start + batch_size
-        grads[start:end], scores[start:end] = _target_gradients(model, X[start:end], y[start:end])
-    return grads, scores
+        grads[start:end], scores[start:end], predicted[start:end] = _target_gradients(
+            model, X[start:end], y[start:end])
+    return grads, scores, predicted
 
 
 def compute_saliency_maps(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, *,
@@ -140,11 +152,12 @@ def smoothgrad(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, *, noise
         drawn = {s: _unit_noise(X.shape[1:], seed, s).to(X.device, X.dtype) for s in set(sample)}
         unit = torch.stack([drawn[s] for s in sample])  # (B, 3, H, W)
         noisy = X[owner] + unit * sigma[owner].view(-1, 1, 1, 1)  # (B, 3, H, W)
-        grads, _ = _target_gradients(model, noisy, y[owner])
+        grads, _, _ = _target_gradients(model, noisy, y[owner])
         total.index_add_(0, owner, grads.abs())
     attributions = total / samples
-    scores = target_scores(X, y, model, batch_size)
-    return SaliencyResult("smoothgrad", attributions.amax(dim=1), attributions, scores, seed=seed)
+    scores, predicted = target_scores(X, y, model, batch_size)
+    return SaliencyResult("smoothgrad", attributions.amax(dim=1), attributions, scores, seed=seed,
+                          predicted=predicted)
 
 
 def _unit_noise(shape, seed: int, sample: int) -> torch.Tensor:
@@ -214,20 +227,22 @@ def integrated_gradients(X: torch.Tensor, y, model: ImageModel | torch.nn.Module
     weight_t = torch.tensor(weights, dtype=X.dtype, device=X.device)  # (steps,)
     total = torch.zeros_like(X)
     end_scores = torch.zeros(n, 2, dtype=X.dtype, device=X.device)  # (N, 2): score at x', at x
+    predicted = torch.zeros(n, dtype=torch.long, device=X.device)  # top class at x (alpha = 1)
     for start in range(0, n * steps, batch_size):  # flat (image, step) pairs
         _poll(cancel)
         flat = torch.arange(start, min(start + batch_size, n * steps), device=X.device)  # (B,)
         owner, k = flat // steps, flat % steps
         points = base[owner] + alpha_t[k].view(-1, 1, 1, 1) * delta[owner]  # (B, 3, H, W)
-        grads, picked = _target_gradients(model, points, y[owner])
+        grads, picked, top = _target_gradients(model, points, y[owner])
         total.index_add_(0, owner, grads * weight_t[k].view(-1, 1, 1, 1))
         first, last = k == 0, k == steps - 1
         end_scores[owner[first], 0] = picked[first]
         end_scores[owner[last], 1] = picked[last]
+        predicted[owner[last]] = top[last]
     attributions = delta * total
     gap = attributions.flatten(1).sum(1) - (end_scores[:, 1] - end_scores[:, 0])  # (N,)
     return SaliencyResult("integrated_gradients", attributions.abs().amax(dim=1), attributions,
-                          end_scores[:, 1].clone(), gap)
+                          end_scores[:, 1].clone(), gap, predicted=predicted)
 
 
 def saliency(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, method: str = "vanilla", *,
@@ -239,8 +254,8 @@ def saliency(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, method: st
     Options that do not apply to ``method`` are ignored. Returns a SaliencyResult (maps (N, H, W)).
     """
     if method == "vanilla":
-        grads, scores = input_gradients(X, y, model, batch_size=batch_size, cancel=cancel)
-        return SaliencyResult("vanilla", grads.abs().amax(dim=1), grads, scores)
+        grads, scores, predicted = _vanilla(X, y, model, batch_size, cancel)
+        return SaliencyResult("vanilla", grads.abs().amax(dim=1), grads, scores, predicted=predicted)
     if method == "smoothgrad":
         return smoothgrad(X, y, model, noise_level=noise_level, samples=samples, seed=seed,
                           batch_size=batch_size, cancel=cancel)
