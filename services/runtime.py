@@ -211,7 +211,12 @@ class Call:
         A cancelled call stops awaiting at once, but its worker thread finishes the current step; the
         slot stays taken until then so ``max_concurrency`` bounds the work actually running.
         """
-        def finish(_future=None):
+        def finish(future=None):
+            if future is not None and not future.cancelled():
+                # The caller is gone: the step's outcome (often Cancelled) is of no use to anyone.
+                # Retrieving it keeps asyncio from logging it with a traceback that would pin the
+                # job's tensors in memory.
+                future.exception()
             if gen is not None:
                 try:
                     gen.close()
