@@ -168,6 +168,7 @@ class Call:
         self.model: str = ""
         self.annotations: dict[str, Any] = {}
         self.model_choice = ""  # set when the server chose the model (the request named none)
+        self.status = grpc.StatusCode.OK
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run blocking work in the bounded executor; one job slot for its duration."""
@@ -270,7 +271,7 @@ def _incoming_request_id(grpc_context) -> str | None:
     return None
 
 
-async def _finish_error(call: Call, exc: BaseException) -> grpc.StatusCode:
+async def _finish_error(call: Call, exc: BaseException) -> None:
     if isinstance(exc, PixelRPCError):
         code, message = status_code_for(exc), exc.message
     else:
@@ -279,7 +280,6 @@ async def _finish_error(call: Call, exc: BaseException) -> grpc.StatusCode:
         log.error("unexpected error in %s (request id %s)", call.method, call.request_id, exc_info=exc)
     status = rich_status(code, message, exc, call.request_id)
     await call.grpc.abort_with_status(rpc_status.to_status(status))
-    return code  # not reached: abort raises
 
 
 def rpc(method):
@@ -299,10 +299,11 @@ def rpc(method):
         ctx.metrics.in_flight.labels(ctx.name).inc()
         return call, time.perf_counter()
 
-    def _end(self, call: Call, started: float, code: grpc.StatusCode) -> None:
+    def _end(self, call: Call, started: float) -> None:
         ctx: ServiceContext = self.ctx
         seconds = time.perf_counter() - started
         ctx.metrics.in_flight.labels(ctx.name).dec()
+        code = call.status
         ctx.metrics.requests.labels(ctx.name, name, code.name).inc()
         ctx.metrics.latency.labels(ctx.name, name).observe(seconds)
         record = {"service": ctx.name, "method": name, "code": code.name, "request_id": call.request_id,
@@ -315,45 +316,45 @@ def rpc(method):
         @functools.wraps(method)
         async def stream_wrapper(self, request, context):
             call, started = await _begin(self, context)
-            code = grpc.StatusCode.OK
             try:
                 async for item in method(self, request, call):
                     yield item
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+            except GeneratorExit:  # the call ended while the stream was open
+                call.status = grpc.StatusCode.CANCELLED
                 call.cancel.cancel()
                 raise
-            except Exception as exc:  # noqa: BLE001 - every error is answered with a status
-                code = _code_of(exc)
-                if code is None:
-                    code = _context_code(call)
-                else:
-                    await _finish_error(call, exc)
+            except (asyncio.CancelledError, Exception) as exc:  # every error is answered with a status
+                await _answer_error(call, exc)
                 raise
             finally:
-                _end(self, call, started, code)
+                _end(self, call, started)
         return stream_wrapper
 
     @functools.wraps(method)
     async def unary_wrapper(self, request, context):
         call, started = await _begin(self, context)
-        code = grpc.StatusCode.OK
         try:
             return await method(self, request, call)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            call.cancel.cancel()
-            raise
-        except Exception as exc:  # noqa: BLE001
-            code = _code_of(exc)
-            if code is None:
-                code = _context_code(call)
-            else:
-                await _finish_error(call, exc)
+        except (asyncio.CancelledError, Exception) as exc:
+            await _answer_error(call, exc)
             raise
         finally:
-            _end(self, call, started, code)
+            _end(self, call, started)
     return unary_wrapper
+
+
+async def _answer_error(call: Call, exc: BaseException) -> None:
+    """Record the call's status and answer it; for domain and unexpected errors this raises grpc's abort."""
+    if isinstance(exc, asyncio.CancelledError):
+        call.status = grpc.StatusCode.CANCELLED
+        call.cancel.cancel()
+        return
+    code = _code_of(exc)
+    if code is None:  # the servicer already aborted the call itself
+        call.status = _context_code(call)
+        return
+    call.status = code
+    await _finish_error(call, exc)
 
 
 def _code_of(exc: BaseException) -> grpc.StatusCode | None:
