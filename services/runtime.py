@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -93,6 +94,8 @@ class ServiceContext:
     tasks: tuple[str, ...] = ()
     services: list[str] = field(default_factory=list)  # fully qualified service names served
     state: dict = field(default_factory=dict)  # per-service objects (e.g. the captioning batcher)
+    _model_calls: dict = field(default_factory=dict, repr=False)
+    _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def device(self) -> str:
@@ -140,7 +143,35 @@ class ServiceContext:
             raise InvalidInput(
                 f"model {loaded.manifest.ref} does not serve task {task!r} (its tasks: "
                 f"{', '.join(loaded.manifest.tasks)})", field=f"{field}.name")
+        if call is not None:
+            self._apply_model_serving(loaded, call)
         return loaded
+
+    def _apply_model_serving(self, loaded: LoadedModel, call: Call) -> None:
+        """Per-model limits from the manifest's ``serving`` section: ``max_concurrency`` (calls beyond it
+        get RESOURCE_EXHAUSTED) and ``timeout_s`` (caps the call's deadline)."""
+        serving = loaded.manifest.metadata.get("serving") or {}
+        timeout = float(serving.get("timeout_s") or 0)
+        if timeout > 0:
+            limit_at = time.monotonic() + timeout
+            if call.cancel.deadline is None or limit_at < call.cancel.deadline:
+                call.cancel.deadline = limit_at
+        limit = int(serving.get("max_concurrency") or 0)
+        if limit <= 0:
+            return
+        ref = loaded.manifest.ref
+        with self._model_lock:
+            running = self._model_calls.get(ref, 0)
+            if running >= limit:
+                raise Overloaded(f"model {ref} is serving {running} calls, its max_concurrency={limit} "
+                                 "(manifest serving section); retry later")
+            self._model_calls[ref] = running + 1
+
+        def release() -> None:
+            with self._model_lock:
+                self._model_calls[ref] -= 1
+
+        call.on_end.append(release)
 
     def serving_config(self, loaded: LoadedModel, key: str, default: Any) -> Any:
         """A per-model serving setting: explicit service setting > manifest ``serving`` > default."""
@@ -169,6 +200,7 @@ class Call:
         self.annotations: dict[str, Any] = {}
         self.model_choice = ""  # set when the server chose the model (the request named none)
         self.status = grpc.StatusCode.OK
+        self.on_end: list[Callable[[], None]] = []
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run blocking work in the bounded executor; one job slot for its duration."""
@@ -301,6 +333,8 @@ def rpc(method):
 
     def _end(self, call: Call, started: float) -> None:
         ctx: ServiceContext = self.ctx
+        for release in call.on_end:
+            release()
         seconds = time.perf_counter() - started
         ctx.metrics.in_flight.labels(ctx.name).dec()
         code = call.status

@@ -228,6 +228,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
         modules[name] = module
         cache = ModelCache(registry, max_models=settings.model_cache_size,
                            refresh_seconds=settings.registry_refresh_seconds, device=device,
+                           device_is_explicit=bool(settings.device),
                            on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s))
         jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,

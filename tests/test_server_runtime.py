@@ -342,3 +342,33 @@ def test_sigterm_drains_in_flight_call_and_exits_zero(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_manifest_serving_section_sets_per_model_limits(tmp_path):
+    from types import SimpleNamespace
+
+    from pixelrpc.models.errors import CancelToken, Overloaded
+    from pixelrpc.models.registry import ModelCache, Registry
+    from pixelrpc.models.registry.serialization import numpy_to_bytes
+    from pixelrpc.v1 import common_pb2
+
+    reg = Registry(tmp_path)
+    serving = {"max_concurrency": 1, "timeout_s": 5, "device": "cpu"}
+    reg.publish("limited", {"weights.safetensors": numpy_to_bytes({"W": np.ones((2, 2), np.float32)})},
+                tasks=["captioning"], framework="numpy", metadata={"architecture": "toy", "serving": serving})
+    with running_server(["captioning"], FAST, registry=reg) as srv:
+        ctx = srv.ctx
+        ref = common_pb2.ModelRef(name="limited")
+        first = SimpleNamespace(cancel=CancelToken(), on_end=[], model_choice="")
+        ctx.get_model(ref, task="captioning", call=first)
+        assert 4.0 < first.cancel.deadline - time.monotonic() <= 5.0  # timeout_s caps the deadline
+        with pytest.raises(Overloaded, match="max_concurrency=1"):
+            ctx.get_model(ref, task="captioning",
+                          call=SimpleNamespace(cancel=CancelToken(), on_end=[], model_choice=""))
+        for release in first.on_end:
+            release()
+        ctx.get_model(ref, task="captioning",
+                      call=SimpleNamespace(cancel=CancelToken(), on_end=[], model_choice=""))
+    manifest = reg.resolve("limited")
+    assert ModelCache(reg, device="cuda").device_for(manifest) == "cpu"  # the manifest picks
+    assert ModelCache(reg, device="cuda", device_is_explicit=True).device_for(manifest) == "cuda"

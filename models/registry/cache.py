@@ -30,11 +30,13 @@ class LoadedModel:
 
 class ModelCache:
     def __init__(self, registry: Registry, *, max_models: int = 8, refresh_seconds: float = 2.0,
-                 device: str = "cpu", on_load=None):
+                 device: str = "cpu", device_is_explicit: bool = False, on_load=None):
         self.registry = registry
         self.max_models = max(1, int(max_models))
         self.refresh_seconds = refresh_seconds
         self.device = device
+        # An explicitly configured device wins; otherwise a manifest's ``serving.device`` may pick one.
+        self.device_is_explicit = device_is_explicit
         self.on_load = on_load  # callback(manifest, seconds) for metrics
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
@@ -90,6 +92,15 @@ class ModelCache:
             for key in [k for k in self._loaded if k[0] == name and (version is None or k[1] == version)]:
                 del self._loaded[key]
 
+    def device_for(self, manifest: Manifest) -> str:
+        serving = manifest.metadata.get("serving") or {}
+        wanted = serving.get("device")
+        if self.device_is_explicit or not wanted:
+            return self.device
+        if wanted == "cuda" and self.device != "cuda":
+            return self.device  # the manifest asks for a GPU this process does not have
+        return str(wanted)
+
     def _load(self, name: str, version: int) -> LoadedModel:
         manifest = self.registry.resolve(name, version)
         start = time.perf_counter()
@@ -101,7 +112,7 @@ class ModelCache:
                 manifest.file(filename)  # raises ModelCorrupt naming the file
             return blobs[filename]
 
-        model = loader_for(manifest)(manifest, read, self.device)
+        model = loader_for(manifest)(manifest, read, self.device_for(manifest))
         seconds = time.perf_counter() - start
         if self.on_load is not None:
             self.on_load(manifest, seconds)
