@@ -36,7 +36,7 @@ EOF
 
 if [[ ${FORCE:-0} != 1 && -f $WHEELS_DIR/.complete ]] && cmp -s "$requirements.new" "$requirements"; then
     rm -f "$requirements.new"
-    log "$WHEELS_DIR is up to date ($(ls "$WHEELS_DIR"/*.whl | wc -l) wheels, $(du -sh "$WHEELS_DIR" | cut -f1))"
+    log "$WHEELS_DIR is up to date ($(find "$WHEELS_DIR" -maxdepth 1 -name "*.whl" | wc -l) wheels, $(du -sh "$WHEELS_DIR" | cut -f1))"
     exit 0
 fi
 mv "$requirements.new" "$requirements"
@@ -45,6 +45,8 @@ rm -f "$WHEELS_DIR/.complete"
 start=$(date +%s)
 log "building/collecting wheels for: $(tr '\n' ' ' < "$requirements")"
 # pip wheel copies existing wheels and builds any sdist into a wheel, so the image needs no compiler.
-"$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS_DIR" -r "$requirements"
+# (Locations of this machine's pip configuration that lack a package only warn: filtered out.)
+"$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS_DIR" -r "$requirements" \
+    2> >(grep -v 'is neither a file nor a directory' >&2)
 touch "$WHEELS_DIR/.complete"
-log "$(ls "$WHEELS_DIR"/*.whl | wc -l) wheels, $(du -sh "$WHEELS_DIR" | cut -f1), in $(( $(date +%s) - start )) s"
+log "$(find "$WHEELS_DIR" -maxdepth 1 -name "*.whl" | wc -l) wheels, $(du -sh "$WHEELS_DIR" | cut -f1), in $(( $(date +%s) - start )) s"

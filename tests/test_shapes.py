@@ -181,7 +181,7 @@ def test_every_caption_tokenises_within_the_vocabulary(scenes):
             row = coco_layout.encode_caption(caption, word_to_idx)
             assert row.shape == (17,) and row.dtype == np.int32
             assert unk not in row
-            assert coco_layout.decode_caption(row, idx_to_word) == caption
+            assert coco_layout.decode_captions(row, idx_to_word) == caption
     assert shapes.build_vocab() == vocab and shapes.build_vocab() is not vocab
 
 

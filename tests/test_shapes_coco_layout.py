@@ -51,7 +51,7 @@ def test_caption_tables_hold_every_reference_of_every_image(dataset, split):
         end = int(np.flatnonzero(row == 2)[0])  # <END>
         assert (row[end + 1:] == 0).all() and (row[1:end] > 3).all()  # words only, then <NULL>
     for image_idx in range(len(batch)):
-        decoded = [coco_layout.decode_caption(r, idx_to_word) for r in captions[idxs == image_idx]]
+        decoded = [coco_layout.decode_captions(r, idx_to_word) for r in captions[idxs == image_idx]]
         assert decoded == list(batch.captions[image_idx])
 
 
@@ -63,7 +63,7 @@ def test_images_masks_and_urls_line_up_with_image_indices(dataset, split):
     assert files == [f"{i:06d}.png" for i in range(len(batch))]
     for i, name in enumerate(files):
         np.testing.assert_array_equal(np.asarray(Image.open(folder / name).convert("RGB")), batch.images[i])
-    urls = (dataset.root / coco_layout.urls_filename(split)).read_text().splitlines()
+    urls = (dataset.root / coco_layout.url_file(split)).read_text().splitlines()
     assert urls == [f"{coco_layout.SPLIT_DIRS[split]}/{name}" for name in files]
     with np.load(dataset.root / shapes.masks_filename(split), allow_pickle=False) as z:
         assert z["masks"].shape == (len(batch), shapes.MAX_OBJECTS, SIZE, SIZE) and z["masks"].dtype == bool
@@ -107,7 +107,38 @@ def test_refuses_a_used_folder_and_leaves_nothing_half_written(tmp_path):
     assert shapes.write_coco_layout(tmp_path / "empty_ok", 1, 0, size=32).n_val_captions == 0
 
 
+def _block_means(path) -> np.ndarray:
+    """A stand-in image feature: per-channel means of 4 x 4 blocks, (48,) for 32 px images."""
+    img = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    h, w, _ = img.shape
+    return img.reshape(4, h // 4, 4, w // 4, 3).mean(axis=(1, 3)).reshape(-1)  # (48,)
+
+
 def test_written_files_load_with_the_captioning_data_loader(dataset):
-    data = pytest.importorskip("pixelrpc.models.captioning.data",
-                               reason="the captioning data loader is not written yet")
-    raise AssertionError(f"wire the loader test to {data.__name__}")
+    from pixelrpc.models.captioning import data as captioning_data
+
+    # What `pixelrpc features extract` does afterwards: one row per image, in file-name order.
+    for split in ("train", "val"):
+        folder = dataset.root / coco_layout.SPLIT_DIRS[split]
+        files = sorted(folder.iterdir())
+        captioning_data.write_features(dataset.root / captioning_data.default_feature_file(split),
+                                       np.stack([_block_means(p) for p in files]),
+                                       names=[p.name for p in files])
+    with captioning_data.CocoCaptioningData.open(dataset.root) as data:
+        assert data.idx_to_word == shapes.VOCAB["idx_to_word"]
+        assert data.word_to_idx == shapes.VOCAB["word_to_idx"]
+        assert data.feature_dim == 48
+        for split in ("train", "val"):
+            batch = _expected(split)
+            part = data.split(split)
+            assert part.num_captions == sum(len(c) for c in batch.captions)
+            image_ids = part.image_ids()
+            assert list(image_ids) == list(range(len(batch)))  # every image has captions
+            for image, refs in zip(image_ids, part.references(image_ids), strict=True):
+                assert [coco_layout.decode_captions(r, data.idx_to_word) for r in refs] == list(batch.captions[image])
+            captions, features, image_idxs = part.batch(np.arange(part.num_captions))
+            assert captions.shape == (part.num_captions, 17)
+            for row, idx in zip(features, image_idxs, strict=True):
+                rel = coco_layout.image_relpath(split, int(idx))
+                np.testing.assert_allclose(row, _block_means(dataset.root / rel), rtol=1e-6)
+            assert data.urls(split) == [coco_layout.image_relpath(split, i) for i in range(len(batch))]

@@ -20,17 +20,22 @@ Dimensions: ``Ncap`` captions, ``L`` caption length in tokens (17).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pixelrpc.models.captioning.data import (  # the reader's own names: one definition of the layout
+    CAPTIONS_FILE,
+    VOCAB_FILE,
+    decode_captions,
+    url_file,
+    write_captions,
+    write_vocab,
+)
 from pixelrpc.models.errors import InvalidInput
 
-CAPTIONS_H5 = "coco2014_captions.h5"
-VOCAB_JSON = "coco2014_vocab.json"
 SPLIT_DIRS = {"train": "train2014", "val": "val2014"}
 CAPTION_LENGTH = 17  # <START> + at most 15 words + <END>, as in the CS231n files
 
@@ -82,18 +87,6 @@ def encode_caption(text: str, word_to_idx: Mapping[str, int], length: int = CAPT
     return row
 
 
-def decode_caption(ids: Sequence[int], idx_to_word: Sequence[str]) -> str:
-    """The words of a caption row, stopping at ``<END>`` and dropping ``<START>``/``<NULL>``."""
-    words = []
-    for i in ids:
-        word = idx_to_word[int(i)]
-        if word == END:
-            break
-        if word not in (NULL, START):
-            words.append(word)
-    return " ".join(words)
-
-
 def encode_captions(captions_per_image: Sequence[Sequence[str]], word_to_idx: Mapping[str, int],
                     length: int = CAPTION_LENGTH) -> tuple[np.ndarray, np.ndarray]:
     """The caption table of one split.
@@ -115,25 +108,6 @@ def encode_captions(captions_per_image: Sequence[Sequence[str]], word_to_idx: Ma
     return table, np.asarray(idxs, dtype=np.int32)
 
 
-def write_captions_h5(path: str | Path, splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Write ``{split}_captions`` (Ncap, L) int32 and ``{split}_image_idxs`` (Ncap,) int32 per split."""
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        for split, (captions, image_idxs) in splits.items():
-            if captions.shape[0] != image_idxs.shape[0]:
-                raise InvalidInput(f"split {split!r}: {captions.shape[0]} captions but "
-                                   f"{image_idxs.shape[0]} image indices", field=split)
-            f.create_dataset(f"{split}_captions", data=captions.astype(np.int32))
-            f.create_dataset(f"{split}_image_idxs", data=image_idxs.astype(np.int32))
-
-
-def write_vocab_json(path: str | Path, vocab: Mapping) -> None:
-    """Write a vocabulary dict as ``coco2014_vocab.json``."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"idx_to_word": list(vocab["idx_to_word"]), "word_to_idx": dict(vocab["word_to_idx"])}, f)
-
-
 def image_relpath(split: str, index: int, ext: str = "png") -> str:
     """Path of image ``index`` of ``split`` relative to the dataset root (``train2014/000042.png``).
 
@@ -141,11 +115,6 @@ def image_relpath(split: str, index: int, ext: str = "png") -> str:
     folder in file-name order line up with ``{split}_image_idxs``.
     """
     return f"{SPLIT_DIRS[split]}/{index:06d}.{ext}"
-
-
-def urls_filename(split: str) -> str:
-    """``train2014_urls.txt`` / ``val2014_urls.txt``."""
-    return f"{SPLIT_DIRS[split]}_urls.txt"
 
 
 def write_urls(path: str | Path, relpaths: Iterable[str]) -> None:
@@ -160,3 +129,10 @@ def publish_directory(tmp_dir: Path, out_dir: Path) -> None:
     if out_dir.exists():
         out_dir.rmdir()  # only an empty folder can be replaced; callers check that first
     os.replace(tmp_dir, out_dir)
+
+
+__all__ = [
+    "CAPTIONS_FILE", "CAPTION_LENGTH", "SPECIAL_TOKENS", "SPLIT_DIRS", "VOCAB_FILE", "decode_captions",
+    "encode_caption", "encode_captions", "image_relpath", "publish_directory", "tokenize", "url_file",
+    "vocab_from_words", "write_captions", "write_urls", "write_vocab",
+]

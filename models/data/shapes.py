@@ -560,11 +560,11 @@ def write_coco_layout(out_dir: str | Path, n_train: int, n_val: int, seed: int =
                 written += 1
                 if progress is not None:
                     progress(written)
-            coco_layout.write_urls(tmp / coco_layout.urls_filename(split), relpaths)
+            coco_layout.write_urls(tmp / coco_layout.url_file(split), relpaths)
             np.savez_compressed(tmp / masks_filename(split), **batch.mask_arrays())
             tables[split] = coco_layout.encode_captions(batch.captions, vocab["word_to_idx"])
-        coco_layout.write_captions_h5(tmp / coco_layout.CAPTIONS_H5, tables)
-        coco_layout.write_vocab_json(tmp / coco_layout.VOCAB_JSON, vocab)
+        coco_layout.write_captions(tmp / coco_layout.CAPTIONS_FILE, tables)
+        coco_layout.write_vocab(tmp / coco_layout.VOCAB_FILE, vocab["idx_to_word"])
         info = {"generator": __name__, "generator_version": GENERATOR_VERSION, "seed": seed, "size": size,
                 "n_train": n_train, "n_val": n_val, "class_names": list(CLASS_NAMES)}
         (tmp / "shapes.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
