@@ -259,7 +259,7 @@ EOF
 }
 
 disk_report() {
-    log "disk: docker data root $(du -sh "$("$DOCKER" info -f '{{.DockerRootDir}}')" 2> /dev/null | cut -f1)," \
+    log "disk: docker data root $(du -shx "$("$DOCKER" info -f '{{.DockerRootDir}}')" 2> /dev/null | cut -f1)," \
         "wheels $(du -sh docker/wheels | cut -f1); image $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" |
         awk '{printf "%.2f GB", $1 / 1e9}')"
     "$DOCKER" system df >&2 || true

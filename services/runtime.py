@@ -190,6 +190,8 @@ class Call:
         self.grpc = grpc_context
         self.method = method
         self.request_id = _incoming_request_id(grpc_context) or uuid.uuid4().hex
+        # read while the call is alive: after a deadline or cancel grpc may have freed the C call
+        self.peer = grpc_context.peer()
         self.cancel = CancelToken()
         remaining = grpc_context.time_remaining() if hasattr(grpc_context, "time_remaining") else None
         if remaining is not None:
@@ -342,7 +344,7 @@ def rpc(method):
         ctx.metrics.latency.labels(ctx.name, name).observe(seconds)
         record = {"service": ctx.name, "method": name, "code": code.name, "request_id": call.request_id,
                   "ms": round(seconds * 1000, 2), "queue_ms": round(call.queue_ms, 2),
-                  "compute_ms": round(call.compute_ms, 2), "peer": call.grpc.peer(), "model": call.model}
+                  "compute_ms": round(call.compute_ms, 2), "peer": call.peer, "model": call.model}
         access_log.info("%s", json.dumps(record) if ctx.settings.log_format == "json" else
                         " ".join(f"{k}={v}" for k, v in record.items()), extra={"access": record})
 

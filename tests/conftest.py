@@ -60,3 +60,11 @@ def registry(tmp_path):
     from pixelrpc.models.registry import Registry
 
     return Registry(tmp_path / "registry")
+
+
+@pytest.fixture(scope="session")
+def quick_bootstrap():
+    """A registry bootstrapped with ``--quick`` (QUICK plan) once per session: see ``conftest_bootstrap``."""
+    from conftest_bootstrap import build_quick_registry
+
+    return build_quick_registry()

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "pixelrpc.clients.cli.train",
     "pixelrpc.clients.cli.visualize",
     "pixelrpc.clients.cli.style",
+    "pixelrpc.clients.cli.data",
 ]
 
 
