@@ -49,6 +49,7 @@ import numpy as np
 
 from pixelrpc.models.data import shapes
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput
+from pixelrpc.models.registry import load_model
 
 CLASSIFIER_NAME = "shapes-squeezenet"
 CAPTIONER_NAME = "shapes-captioner"
@@ -991,13 +992,6 @@ def image_model(net, recipe: ClassifierRecipe):
     )
 
 
-def load_registered(registry, manifest, device: str = "cpu"):
-    """Load a registry model (sha256-verified), as the services do."""
-    from pixelrpc.models.registry import loader_for
-
-    return loader_for(manifest)(manifest, lambda name: registry.read_file(manifest, name), device)
-
-
 class Bootstrap:
     """Train, gate and publish the default models into ``registry``.
 
@@ -1120,7 +1114,7 @@ class Bootstrap:
         """The published model, loaded back as a service loads it, must give the same scores."""
         import torch
 
-        loaded = load_registered(self.registry, manifest)
+        loaded = load_model(self.registry, manifest, "cpu")
         x = model_inputs(model, images)
         with torch.inference_mode():
             if not torch.allclose(model(x), loaded(x), rtol=1e-4, atol=1e-4):
@@ -1233,7 +1227,7 @@ class Bootstrap:
 
         recipe = self.plan.captioner
         t0 = time.perf_counter()
-        encoder = load_registered(self.registry, classifier)
+        encoder = load_model(self.registry, classifier, "cpu")
         pin = {"name": classifier.name, "version": classifier.version, "sha256": classifier.sha256}
         total, offset = recipe.train_scenes + recipe.held_out_scenes, 0
         for split, n in (("train", recipe.train_scenes), ("val", recipe.held_out_scenes)):

@@ -17,7 +17,7 @@ from PIL import Image
 from pixelrpc.models import bootstrap as bs
 from pixelrpc.models.captioning.bleu import corpus_bleu_scores
 from pixelrpc.models.data import shapes
-from pixelrpc.models.registry import Registry
+from pixelrpc.models.registry import Registry, load_model
 
 
 def held_out_scene(index: int = 0, seed: int = 12345) -> shapes.Scene:
@@ -338,7 +338,7 @@ def test_the_published_classifier_scores_as_evaluated(quick_bootstrap):
     """Loaded back from the registry, the classifier reproduces its recorded held-out accuracy."""
     registry = quick_bootstrap.registry
     manifest = registry.resolve(bs.CLASSIFIER_NAME)
-    model = bs.load_registered(registry, manifest)
+    model = load_model(registry, manifest, "cpu")
     held_out = bs.held_out_batch(bs.QUICK.seed, bs.QUICK.held_out_scenes)
     predicted = bs.predict(model, bs.model_inputs(model, held_out.images))
     assert float((predicted == held_out.labels).mean()) == pytest.approx(

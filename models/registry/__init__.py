@@ -1,7 +1,7 @@
 """The model registry: versioned, verified, atomically published models on disk."""
 
 from pixelrpc.models.registry.cache import LoadedModel, ModelCache
-from pixelrpc.models.registry.loaders import LOADERS, loader_for, register_loader
+from pixelrpc.models.registry.loaders import LOADERS, load_model, loader_for, register_loader
 from pixelrpc.models.registry.store import (
     FileEntry,
     Manifest,
@@ -20,6 +20,7 @@ __all__ = [
     "ModelCache",
     "Registry",
     "default_root",
+    "load_model",
     "loader_for",
     "parse_ref",
     "register_loader",

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pixelrpc.models.registry.loaders import loader_for
+from pixelrpc.models.registry.loaders import load_model
 from pixelrpc.models.registry.store import Manifest, Registry
 
 
@@ -104,15 +104,7 @@ class ModelCache:
     def _load(self, name: str, version: int) -> LoadedModel:
         manifest = self.registry.resolve(name, version)
         start = time.perf_counter()
-        # Read every file first: any sha256 mismatch refuses the whole model before deserialising.
-        blobs = {entry.name: self.registry.read_file(manifest, entry.name) for entry in manifest.files}
-
-        def read(filename: str) -> bytes:
-            if filename not in blobs:
-                manifest.file(filename)  # raises ModelCorrupt naming the file
-            return blobs[filename]
-
-        model = loader_for(manifest)(manifest, read, self.device_for(manifest))
+        model = load_model(self.registry, manifest, self.device_for(manifest))
         seconds = time.perf_counter() - start
         if self.on_load is not None:
             self.on_load(manifest, seconds)

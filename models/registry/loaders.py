@@ -42,3 +42,18 @@ def loader_for(manifest: Manifest) -> Loader:
         return target
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
+
+
+def load_model(registry, manifest: Manifest, device: str) -> object:
+    """Read every file of ``manifest`` from ``registry`` and check its sha256, then deserialise it.
+
+    Any mismatch refuses the whole model (``ModelCorrupt``) before anything is deserialised.
+    """
+    blobs = {entry.name: registry.read_file(manifest, entry.name) for entry in manifest.files}
+
+    def read(filename: str) -> bytes:
+        if filename not in blobs:
+            manifest.file(filename)  # raises ModelCorrupt naming the file
+        return blobs[filename]
+
+    return loader_for(manifest)(manifest, read, device)
