@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from PIL import Image
 
 from pixelrpc.clients.errors import from_grpc
 from pixelrpc.v1 import common_pb2, registry_pb2, registry_pb2_grpc, server_pb2, server_pb2_grpc
 
+ImageInput = bytes | str | os.PathLike | Image.Image  # encoded bytes, a file path, or a PIL image
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
 
@@ -33,6 +37,22 @@ RETRY_SERVICE_CONFIG = {
         },
     }],
 }
+
+
+def image_pb(image: ImageInput) -> common_pb2.Image:
+    """Encoded bytes as they are, a file's bytes, or a PIL image as PNG."""
+    if isinstance(image, common_pb2.Image):
+        return image
+    if isinstance(image, bytes | bytearray | memoryview):
+        return common_pb2.Image(data=bytes(image))
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        return common_pb2.Image(data=path.read_bytes(), format_hint=path.suffix.lstrip(".").lower())
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return common_pb2.Image(data=buf.getvalue(), format_hint="png")
+    raise TypeError(f"an image must be bytes, a path or a PIL image, got {type(image).__name__}")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ answer arrives.
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pixelrpc.clients import errors
-from pixelrpc.clients.base import AsyncServiceClient, ServiceClient
+from pixelrpc.clients.base import AsyncServiceClient, ServiceClient, image_pb
 from pixelrpc.v1 import captioning_pb2 as pb
 from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
 from pixelrpc.v1 import common_pb2
@@ -104,17 +103,10 @@ def input_job(job: pb.CaptionJob, value: CaptionInput) -> None:
         arr = np.ascontiguousarray(value, dtype=np.float64 if value.dtype == np.float64 else np.float32)
         job.features.CopyFrom(common_pb2.Tensor(shape=list(arr.shape), dtype=arr.dtype.name,
                                                 data=arr.astype(arr.dtype.newbyteorder("<")).tobytes()))
-    elif isinstance(value, Image.Image):
-        buf = io.BytesIO()
-        value.save(buf, format="PNG")
-        job.image.CopyFrom(common_pb2.Image(data=buf.getvalue(), format_hint="png"))
-    elif isinstance(value, bytes | bytearray):
-        job.image.CopyFrom(common_pb2.Image(data=bytes(value)))
-    elif str(value).lower().endswith(".npy"):
+    elif isinstance(value, str | os.PathLike) and str(value).lower().endswith(".npy"):
         input_job(job, np.load(value, allow_pickle=False))
     else:
-        with open(value, "rb") as f:
-            job.image.CopyFrom(common_pb2.Image(data=f.read()))
+        job.image.CopyFrom(image_pb(value))
 
 
 def build_job(value: CaptionInput, *, model: str = "", strategy: str = "greedy", max_length: int = 0,

@@ -18,7 +18,6 @@ client library, and a gallery in ``demo-output/index.html``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -71,12 +70,6 @@ def closest_reference(caption: str, references) -> str:
     return max(references, key=lambda r: (sum((words & Counter(r.split())).values()), -len(r)))
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @dataclass
 class Summary:
     """One line of the terminal table per job."""
@@ -100,11 +93,9 @@ class Summary:
 
 def ensure_models(registry, *, quick: bool, threads: int) -> dict:
     """Bootstrap what is missing and import the Caffe trunk if the shared data has it."""
-    import dataclasses
-
     import torch
 
-    from pixelrpc.clients.cli.bootstrap import StageBars
+    from pixelrpc.clients.cli.bootstrap import run_with_progress
     from pixelrpc.models.bootstrap import CAPTIONER_NAME, CLASSIFIER_NAME, FULL, QUICK, Bootstrap
 
     info = {"bootstrap": None, "caffe": None}
@@ -117,13 +108,10 @@ def ensure_models(registry, *, quick: bool, threads: int) -> dict:
         )
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
-        runner = Bootstrap(registry, dataclasses.replace(plan))
-        bars = StageBars(enabled=True)
+        runner = Bootstrap(registry, plan)
         try:
-            for event in runner.run():
-                bars(event)
+            run_with_progress(runner)
         finally:
-            bars.close()
             torch.set_num_threads(previous)
         for check in runner.report.checks:
             print(f"    {check.model:<18} {check.line()}")
@@ -169,7 +157,7 @@ class Demo:
 
         print("\ncaptions of 16 held-out scenes, over one bidirectional CaptionStream:")
         start = time.perf_counter()
-        images = [png_bytes(Image.fromarray(s.image)) for s in self.scenes]
+        images = [Image.fromarray(s.image) for s in self.scenes]
         answers: dict[int, str] = {}
         model = ""
         for index, outcome in self.client.captioning.caption_many(images):
@@ -225,7 +213,7 @@ class Demo:
         start = time.perf_counter()
         picked = self.scenes[:4]
         response = self.client.visualization.classify(
-            [png_bytes(Image.fromarray(s.image)) for s in picked], model=classifier, top_k=3
+            [Image.fromarray(s.image) for s in picked], model=classifier, top_k=3
         )
         section = self.gallery.section(
             "Classification and saliency",
@@ -237,9 +225,7 @@ class Demo:
         for i, (scene, result) in enumerate(zip(picked, response.results, strict=True)):
             top = result.predictions
             correct += int(top[0].class_index == scene.label)
-            sal = self.client.visualization.saliency(
-                png_bytes(Image.fromarray(scene.image)), model=classifier
-            )
+            sal = self.client.visualization.saliency(Image.fromarray(scene.image), model=classifier)
             heat = self.save(f"saliency_{i}_heatmap.png", sal.heatmap.data)
             overlay = self.save(f"saliency_{i}_overlay.png", sal.overlay.data)
             ranked = ", ".join(f"{p.label} {p.probability:.0%}" for p in top)
@@ -269,7 +255,7 @@ class Demo:
         scene = self.scenes[0]
         target = (scene.label + 7) % len(shapes.CLASS_NAMES)
         response = self.client.visualization.fooling_image(
-            png_bytes(Image.fromarray(scene.image)),
+            Image.fromarray(scene.image),
             target,
             model=classifier,
             max_iterations=self.vis_iterations,
@@ -357,12 +343,12 @@ class Demo:
         from pixelrpc.clients.style import StyleOutput, StyleStep
 
         start = time.perf_counter()
-        self.save(f"{stem}_content.png", png_bytes(content))
-        self.save(f"{stem}_style.png", png_bytes(style))
+        content.save(self.out / f"{stem}_content.png")
+        style.save(self.out / f"{stem}_style.png")
         result, previews = None, []
         for event in self.client.style.stylize(
-            png_bytes(content),
-            [png_bytes(style)],
+            content,
+            [style],
             model=model,
             preview_every=max(1, job.get("iterations", 200) // 4),
             seed=0,

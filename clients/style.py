@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pixelrpc.clients.base import AsyncServiceClient, ServiceClient
+from pixelrpc.clients.base import AsyncServiceClient, ImageInput, ServiceClient, image_pb
 from pixelrpc.v1 import common_pb2
 from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
 
-ImageInput = bytes | str | os.PathLike | Image.Image
 _INITS = {"content": pb.STYLE_INIT_CONTENT, "random": pb.STYLE_INIT_RANDOM}
 # keyword -> StyleParameters field
 _SCALARS = {"image_size": "image_size", "style_size": "style_size", "content_layer": "content_layer",
@@ -76,18 +75,6 @@ class StyleOutput:
     @classmethod
     def from_pb(cls, r: pb.StyleResult) -> StyleOutput:
         return cls(r.image.data, r.width, r.height, StyleLosses.from_pb(r.losses), r.parameters, r.meta)
-
-
-def image_pb(img: ImageInput) -> common_pb2.Image:
-    """Encoded bytes, a path or a PIL image as a ``pixelrpc.v1.Image``."""
-    if isinstance(img, bytes | bytearray):
-        return common_pb2.Image(data=bytes(img))
-    if isinstance(img, Image.Image):
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return common_pb2.Image(data=buf.getvalue(), format_hint="png")
-    with open(img, "rb") as f:
-        return common_pb2.Image(data=f.read())
 
 
 def build_job(content: ImageInput, styles: Sequence[ImageInput], *, style_weights: Sequence[float] | None = None,

@@ -9,15 +9,12 @@ iterator cancels the call), and the plain form returns the final response, calli
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
-from pixelrpc.clients.base import AsyncServiceClient, ServiceClient
+from pixelrpc.clients.base import AsyncServiceClient, ImageInput, ServiceClient, image_pb
 from pixelrpc.clients.errors import Internal
 from pixelrpc.v1 import common_pb2
 from pixelrpc.v1 import visualization_pb2 as pb
@@ -28,29 +25,8 @@ METHODS = {"vanilla": pb.SALIENCY_METHOD_VANILLA, "smoothgrad": pb.SALIENCY_METH
            "integrated-gradients": pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS, "ig": pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS}
 BASELINES = {"black": pb.INTEGRATED_GRADIENTS_BASELINE_BLACK, "mean": pb.INTEGRATED_GRADIENTS_BASELINE_MEAN}
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-    ImageInput = bytes | str | os.PathLike | Image.Image  # encoded bytes, a file path, or a PIL image
-
 
 # ---------------------------------------------------------------------- conversions
-def image_pb(image: ImageInput) -> common_pb2.Image:
-    """Encoded bytes as they are, a file's bytes, or a PIL image as PNG."""
-    if isinstance(image, common_pb2.Image):
-        return image
-    if isinstance(image, bytes | bytearray | memoryview):
-        return common_pb2.Image(data=bytes(image))
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        return common_pb2.Image(data=path.read_bytes(), format_hint=path.suffix.lstrip(".").lower())
-    if hasattr(image, "save"):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return common_pb2.Image(data=buf.getvalue(), format_hint="png")
-    raise TypeError(f"an image must be bytes, a path or a PIL image, got {type(image).__name__}")
-
-
 def model_ref(model: str | None) -> common_pb2.ModelRef | None:
     """``"name"`` or ``"name:version"``; None: the service's default model."""
     if not model:
@@ -76,7 +52,7 @@ def to_numpy(tensor: common_pb2.Tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------------- request builders
 def classify_request(images: Sequence[ImageInput], model: str | None, top_k: int) -> pb.ClassifyRequest:
-    if isinstance(images, bytes | str | os.PathLike) or hasattr(images, "save"):
+    if isinstance(images, ImageInput):
         images = [images]
     return pb.ClassifyRequest(model=model_ref(model), images=[image_pb(i) for i in images], top_k=top_k)
 

@@ -65,6 +65,16 @@ class StageBars:
             self.bar = None
 
 
+def run_with_progress(runner, enabled: bool = True) -> None:
+    """Run a ``Bootstrap`` to the end with a progress bar per stage on stderr (bars closed on errors too)."""
+    bars = StageBars(enabled)
+    try:
+        for event in runner.run():
+            bars(event)
+    finally:
+        bars.close()
+
+
 @click.command("bootstrap")
 @click.option(
     "--registry",
@@ -104,22 +114,17 @@ def bootstrap_command(registry, quick, force, seed, threads, work_dir, quiet, as
     plan = dataclasses.replace(QUICK if quick else FULL, seed=seed)
     reg = Registry(registry)
     runner = Bootstrap(reg, plan, force=force, work_dir=work_dir)
-    bars = StageBars(enabled=not quiet and not as_json)
     if not as_json:
         click.echo(
             f"bootstrap ({plan.name}) into {reg.root} with {torch.get_num_threads()} torch thread(s)",
             err=True,
         )
     try:
-        for event in runner.run():
-            bars(event)
+        run_with_progress(runner, enabled=not quiet and not as_json)
     except GateFailed as exc:
-        bars.close()
         if as_json:
             emit_json({**runner.report.to_json(), "error": exc.message})
         raise
-    finally:
-        bars.close()
     report = runner.report
     if as_json:
         emit_json(report.to_json())
