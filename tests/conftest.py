@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("PIXELRPC_DEVICE", "cpu")
 
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -16,6 +17,26 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared" / "data" / "cs231n").resolve()
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch threads, then restore the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    with torch_threads(1):
+        yield
 
 
 def shared_path(*parts: str) -> Path:

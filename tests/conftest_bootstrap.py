@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import torch_threads
+
 from pixelrpc.models.bootstrap import QUICK, Bootstrap, BootstrapReport
 from pixelrpc.models.registry import Registry
 
@@ -38,13 +40,9 @@ def build_quick_registry() -> QuickBootstrap:
             folder = tempfile.mkdtemp(prefix="pixelrpc-quick-registry-")
             _folders.append(folder)
             registry = Registry(Path(folder) / "registry")
-            threads = torch.get_num_threads()
-            torch.set_num_threads(min(2, threads))
-            try:
+            with torch_threads(min(2, torch.get_num_threads())):
                 runner = Bootstrap(registry, QUICK)
                 events = tuple(runner.run())
-            finally:
-                torch.set_num_threads(threads)
             _cache["quick"] = QuickBootstrap(registry, runner.report, events)
         return _cache["quick"]
 

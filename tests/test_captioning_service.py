@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import torch_threads
 from PIL import Image
 
 from pixelrpc.clients.captioning import CaptioningClient, CaptionOutput, TokenUpdate, build_job
@@ -82,13 +83,10 @@ def models(tmp_path_factory):
 def server(models):
     from pixelrpc.services.testing import running_server
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     settings = Settings(max_batch_size=64, max_batch_delay_ms=30.0, max_concurrency=2, queue_depth=16,
                         worker_threads=2)
-    with running_server(["captioning"], settings, registry=models["registry"]) as handle:
+    with torch_threads(1), running_server(["captioning"], settings, registry=models["registry"]) as handle:
         yield handle
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -10,13 +10,7 @@ from pixelrpc.models.errors import InvalidInput
 from pixelrpc.models.style import content_loss, extract_features, gram_matrix, style_loss, tv_loss
 from pixelrpc.models.style.space import InputSpace
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 from PIL import Image
 
 from pixelrpc.clients.errors import RpcError
@@ -33,8 +34,6 @@ def server(tmp_path_factory):
     from pixelrpc.models.registry import Registry
     from pixelrpc.services.testing import running_server
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     registry = Registry(tmp_path_factory.mktemp("registry"))
     torch.manual_seed(0)
     zoo.publish_squeezenet(registry, DEFAULT_MODEL, zoo.build_squeezenet_features().eval(), class_names=[],
@@ -42,9 +41,8 @@ def server(tmp_path_factory):
                            value_scale=255.0, metadata={"source": "test"})
     settings = Settings(max_image_side=256, max_iterations=400, max_concurrency=1, queue_depth=0,
                         worker_threads=2)
-    with running_server(["style"], settings, registry=registry) as handle:
+    with torch_threads(1), running_server(["style"], settings, registry=registry) as handle:
         yield handle
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ The tests at the bottom use the real Caffe SqueezeNet 1.1 trunk and the assignme
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from PIL import Image
 
 from pixelrpc.models import zoo
@@ -32,15 +32,7 @@ from pixelrpc.models.style.calibrate import multipliers_for_scale, relative_loss
 from pixelrpc.models.style.presets import multipliers_for
 from pixelrpc.models.style.space import pixels_to_reference, to_pixels
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cs231n"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(h: int, w: int, seed: int) -> Image.Image:
@@ -280,9 +272,7 @@ def test_calibration_recovers_a_known_feature_scale():
 # ---------------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
 def caffe():
-    mat = DATA / "sqz_notop.mat"
-    if not mat.is_file():
-        pytest.skip(f"../shared/data/cs231n absent: {mat} not found")
+    mat = shared_path("sqz_notop.mat")
     import tempfile
 
     from pixelrpc.models.registry import ModelCache, Registry
@@ -297,7 +287,7 @@ def caffe():
 
 
 def _open(name: str) -> Image.Image:
-    return Image.open(DATA / "styles" / name).convert("RGB")
+    return Image.open(shared_path("styles", name)).convert("RGB")
 
 
 @pytest.mark.shared

@@ -11,13 +11,7 @@ from pixelrpc.models import visualization as vis
 from pixelrpc.models import zoo
 from pixelrpc.models.errors import Cancelled, CancelToken, FailedPrecondition, InvalidInput
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 
 from pixelrpc.models import visualization as vis
 from pixelrpc.models import zoo
@@ -18,12 +19,7 @@ CLASSES = ["square", "disc", "plus"]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,31 +48,31 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def shapes_model() -> zoo.ImageModel:
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    nn = torch.nn
-    net = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(16 * 8 * 8, 3))
-    pixels, labels = make_shapes(800, seed=0)
-    x = normalise(pixels)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(150):
-        idx = torch.randint(0, len(x), (64,))
-        loss = nn.functional.cross_entropy(net(x[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    model = zoo.ImageModel(net=net, features=net[:6], class_names=CLASSES, input_size=32, mean=MEAN, std=STD,
-                           value_scale=1.0)
-    test_pixels, test_labels = make_shapes(200, seed=1)
-    with torch.no_grad():
-        accuracy = (model(normalise(test_pixels)).argmax(1) == test_labels).float().mean()
-    assert accuracy >= 0.85, f"the test classifier did not train (accuracy {accuracy:.2f})"
-    return model
+    with torch_threads(1):
+        torch.manual_seed(0)
+        nn = torch.nn
+        net = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(16 * 8 * 8, 3))
+        pixels, labels = make_shapes(800, seed=0)
+        x = normalise(pixels)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for _ in range(150):
+            idx = torch.randint(0, len(x), (64,))
+            loss = nn.functional.cross_entropy(net(x[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        model = zoo.ImageModel(net=net, features=net[:6], class_names=CLASSES, input_size=32, mean=MEAN, std=STD,
+                               value_scale=1.0)
+        test_pixels, test_labels = make_shapes(200, seed=1)
+        with torch.no_grad():
+            accuracy = (model(normalise(test_pixels)).argmax(1) == test_labels).float().mean()
+        assert accuracy >= 0.85, f"the test classifier did not train (accuracy {accuracy:.2f})"
+        return model
 
 
 @pytest.fixture(scope="module")

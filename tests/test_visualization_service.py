@@ -27,12 +27,7 @@ FAST = Settings(shutdown_delay=0.0, registry_refresh_seconds=0.2, max_iterations
 NAMES = ["ant", "bee", "cat", "dog", "eel"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from pixelrpc.models.errors import InvalidInput, ModelCorrupt
 from pixelrpc.models.registry import ModelCache
 from pixelrpc.models.registry.serialization import torch_to_bytes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_image(w: int, h: int, seed: int = 0) -> Image.Image:
