@@ -144,12 +144,20 @@ class PixelServer:
 
 
 def _credentials(settings: Settings):
+    """TLS server credentials, or None for plaintext. With ``tls_client_ca`` (mutual TLS) the handshake
+    fails for a client without a certificate signed by that CA, before any RPC is read."""
     if not settings.tls_cert:
+        if settings.tls_client_ca:
+            raise ValueError("PIXELRPC_TLS_CLIENT_CA is set but PIXELRPC_TLS_CERT is not: client "
+                             "certificates are verified in a TLS handshake, so the server needs its own")
         return None
     if not settings.tls_key:
         raise ValueError("PIXELRPC_TLS_CERT is set but PIXELRPC_TLS_KEY is not")
     key = Path(settings.tls_key).read_bytes()
     cert = Path(settings.tls_cert).read_bytes()
+    if settings.tls_client_ca:
+        client_ca = Path(settings.tls_client_ca).read_bytes()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, cert)])
 
 
