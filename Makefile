@@ -5,9 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-PROTO_DIR := protos
-PROTO_OUT := protos/pixelrpc/v1
-PROTOS := $(wildcard $(PROTO_OUT)/*.proto)
 BUF_VERSION := 1.75.0
 
 .PHONY: install test demo lint protos check-protos bench compose-test clean help
@@ -30,10 +27,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# One protoc command line for both (scripts/check_protos.py): google/rpc/status.proto is imported
+# from the installed googleapis-common-protos package.
 protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
-		--python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) \
-		$(PROTOS)
+	$(PY) scripts/check_protos.py --write
 
 check-protos: $(STAMP)
 	$(PY) scripts/check_protos.py
@@ -44,6 +41,9 @@ test: $(STAMP) check-protos
 lint: $(STAMP) check-protos
 	$(VENV)/bin/ruff check .
 	@if [ ! -x node_modules/.bin/buf ]; then npm install --no-save --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION); fi
+	mkdir -p build/proto-deps/google/rpc
+	cp "$$($(PY) -c 'from google.rpc import status_pb2; print(status_pb2.__file__.removesuffix("_pb2.py") + ".proto")')" \
+		build/proto-deps/google/rpc/status.proto
 	node_modules/.bin/buf lint
 
 demo: $(STAMP)

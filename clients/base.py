@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +57,31 @@ def image_pb(image: ImageInput) -> common_pb2.Image:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """Client TLS: ``ca`` verifies the server; ``cert``/``key`` for mutual TLS; ``server_name`` overrides SNI."""
+    """Client TLS: ``ca`` verifies the server (None: the system roots); ``cert``/``key`` are the
+    client's certificate chain and private key for a server that requires client certificates
+    (mutual TLS, the server's ``PIXELRPC_TLS_CLIENT_CA``); ``server_name`` overrides the name checked
+    against the server's certificate. Each is a PEM path or PEM bytes."""
 
     ca: str | bytes | None = None
     cert: str | bytes | None = None
     key: str | bytes | None = None
     server_name: str | None = None
+
+    def __post_init__(self):
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("TLSConfig needs both cert and key for a client certificate, or neither")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TLSConfig | None:
+        """From ``PIXELRPC_TLS_CA``, ``PIXELRPC_TLS_CLIENT_CERT``, ``PIXELRPC_TLS_CLIENT_KEY`` and
+        ``PIXELRPC_TLS_SERVER_NAME``; None (plaintext) when none of the first three is set."""
+        env = os.environ if env is None else env
+        ca, cert, key = (env.get(f"PIXELRPC_TLS_{k}") or None for k in ("CA", "CLIENT_CERT", "CLIENT_KEY"))
+        if ca is None and cert is None and key is None:
+            return None
+        if (cert is None) != (key is None):
+            raise ValueError("set PIXELRPC_TLS_CLIENT_CERT and PIXELRPC_TLS_CLIENT_KEY together")
+        return cls(ca=ca, cert=cert, key=key, server_name=env.get("PIXELRPC_TLS_SERVER_NAME") or None)
 
     def credentials(self) -> grpc.ChannelCredentials:
         def read(v):

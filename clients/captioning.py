@@ -131,11 +131,10 @@ def _job(value: CaptionInput | pb.CaptionJob, options: dict) -> pb.CaptionJob:
     return value if isinstance(value, pb.CaptionJob) else build_job(value, **options)
 
 
-def item_error(err: pb.CaptionError) -> errors.RpcError:
-    """The client exception of one failed CaptionStream item."""
-    code = getattr(grpc.StatusCode, err.status, grpc.StatusCode.UNKNOWN)
-    cls = errors.error_class(code)
-    return cls(code, err.message, violations=[(v.field, v.description) for v in err.field_errors])
+def item_error(status) -> errors.RpcError:
+    """The client exception of one failed CaptionStream item (a ``google.rpc.Status``): its code's
+    class, message, request id and field violations, as for a failed call."""
+    return errors.from_status(status)
 
 
 def _event(msg: pb.StreamCaptionResponse) -> TokenUpdate | CaptionOutput:

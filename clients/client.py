@@ -54,9 +54,8 @@ class Client:
         kw = {svc: os.environ.get(env, DEFAULT_ADDRESSES[svc]) for svc, env in ENV_ADDRESSES.items()}
         if os.environ.get("PIXELRPC_AUTH_TOKEN") and "token" not in overrides:
             kw["token"] = os.environ["PIXELRPC_AUTH_TOKEN"]
-        if os.environ.get("PIXELRPC_TLS_CA") and "tls" not in overrides:
-            kw["tls"] = TLSConfig(ca=os.environ["PIXELRPC_TLS_CA"],
-                                  server_name=os.environ.get("PIXELRPC_TLS_SERVER_NAME") or None)
+        if "tls" not in overrides:
+            kw["tls"] = TLSConfig.from_env()
         kw.update(overrides)
         return cls(**kw)
 

@@ -56,6 +56,38 @@ def error_class(code: grpc.StatusCode | str) -> type[RpcError]:
     return _BY_CODE.get(code, RpcError)
 
 
+def _code_from_number(number: int) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _status_details(status) -> tuple[str, list[tuple[str, str]]]:
+    """(request id, field violations) from a google.rpc.Status's BadRequest and RequestInfo details."""
+    from google.rpc import error_details_pb2
+
+    request_id, violations = "", []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RequestInfo.DESCRIPTOR) and not request_id:
+            info = error_details_pb2.RequestInfo()
+            detail.Unpack(info)
+            request_id = info.request_id
+    return request_id, violations
+
+
+def from_status(status) -> RpcError:
+    """The RpcError subclass for a ``google.rpc.Status`` (e.g. a failed CaptionStream item)."""
+    code = _code_from_number(status.code)
+    request_id, violations = _status_details(status)
+    return _BY_CODE.get(code, RpcError)(code, status.message or code.name, request_id=request_id,
+                                        violations=violations)
+
+
 def from_grpc(exc: grpc.RpcError) -> RpcError:
     """Convert a grpc error (sync or aio) into the matching RpcError subclass."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
@@ -70,19 +102,12 @@ def from_grpc(exc: grpc.RpcError) -> RpcError:
         if key == "x-request-id":
             request_id = value
     try:
-        from google.rpc import error_details_pb2
         from grpc_status import rpc_status
 
         status = rpc_status.from_call(exc) if hasattr(exc, "trailing_metadata") else None
-        for detail in status.details if status is not None else ():
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations += [(v.field, v.description) for v in bad.field_violations]
-            elif detail.Is(error_details_pb2.RequestInfo.DESCRIPTOR) and not request_id:
-                info = error_details_pb2.RequestInfo()
-                detail.Unpack(info)
-                request_id = info.request_id
+        if status is not None:
+            detail_id, violations = _status_details(status)
+            request_id = request_id or detail_id
     except Exception:  # noqa: BLE001 - rich details are a bonus, never a reason to fail
         pass
     cls = _BY_CODE.get(code, RpcError)

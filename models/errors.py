@@ -9,6 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The most characters of a caller's value an error message or detail repeats. Messages travel in gRPC
+# trailers (a few KiB in all): echoing a 10,000-character model name whole would turn INVALID_ARGUMENT
+# into RESOURCE_EXHAUSTED on the client, and would fill logs with it.
+ECHO_LIMIT = 200
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``str(value)`` cut to at most ``limit`` characters, for repeating caller input in an error.
+
+    A cut text ends with ``…(N characters)`` so the reader knows it was longer. Quote it at the call
+    site as before: ``f"invalid model name {clip(name)!r}"``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    tail = f"…({len(text)} characters)"
+    if len(tail) >= limit:
+        return text[:limit]
+    return text[: limit - len(tail)] + tail
+
 
 @dataclass(frozen=True)
 class FieldViolation:

@@ -1,8 +1,17 @@
-"""Fail when the committed generated code differs from what protos/ produce (drift check)."""
+"""Generate protos/pixelrpc/v1/*_pb2*.py(i), or fail when the committed ones drifted (the default).
+
+``make protos`` runs this with ``--write``; ``make check-protos`` (part of ``make test``) without it.
+Both use one protoc command line, so what is committed is what the check expects.
+
+Imports: ``google/protobuf/*.proto`` come with grpc_tools; ``google/rpc/status.proto`` (the standard
+error of a CaptionStream item) comes from the installed googleapis-common-protos package, found through
+its Python module, so no path of this machine ends up in the generated code.
+"""
 
 from __future__ import annotations
 
 import filecmp
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,17 +22,42 @@ PROTO_DIR = ROOT / "protos"
 GEN_DIR = PROTO_DIR / "pixelrpc" / "v1"
 
 
-def main() -> int:
+def googleapis_include() -> Path:
+    """The folder holding ``google/rpc/status.proto`` (googleapis-common-protos' site-packages root)."""
+    from google.rpc import status_pb2
+
+    root = Path(status_pb2.__file__).resolve().parents[2]
+    if not (root / "google" / "rpc" / "status.proto").is_file():
+        raise SystemExit(f"google/rpc/status.proto not found under {root}: reinstall googleapis-common-protos")
+    return root
+
+
+def generate(out: Path) -> None:
+    """Run protoc on every .proto of protos/pixelrpc/v1, writing under ``out``."""
+    protos = sorted(GEN_DIR.glob("*.proto"))
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{googleapis_include()}",
+           f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
+           *[str(p.relative_to(PROTO_DIR)) for p in protos]]
+    subprocess.run(cmd, check=True, cwd=PROTO_DIR)
+
+
+def main(argv: list[str]) -> int:
+    write = "--write" in argv
     protos = sorted(GEN_DIR.glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
-               f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
-               *[str(p.relative_to(PROTO_DIR)) for p in protos]]
-        subprocess.run(cmd, check=True, cwd=PROTO_DIR)
+        generate(out)
         fresh = out / "pixelrpc" / "v1"
         expected = sorted(p.name for p in fresh.iterdir() if p.is_file())
         committed = sorted(p.name for p in GEN_DIR.iterdir() if p.is_file() and "_pb2" in p.name)
+        if write:
+            for name in committed:
+                if name not in expected:
+                    (GEN_DIR / name).unlink()
+            for name in expected:
+                shutil.copyfile(fresh / name, GEN_DIR / name)
+            print(f"generated code of {len(protos)} protos written to {GEN_DIR.relative_to(ROOT)}")
+            return 0
         problems = []
         for name in sorted(set(expected) | set(committed)):
             if name not in committed:
@@ -42,4 +76,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

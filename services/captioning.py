@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
+from google.rpc import status_pb2
 
 from pixelrpc.models.captioning.decoding import (
     MAX_LENGTH_LIMIT,
@@ -30,11 +30,12 @@ from pixelrpc.models.captioning.decoding import (
     decode_steps,
 )
 from pixelrpc.models.captioning.features import embed_images, load_pinned_encoder
-from pixelrpc.models.errors import FailedPrecondition, InvalidInput, PixelRPCError
+from pixelrpc.models.errors import FailedPrecondition, InvalidInput, PixelRPCError, clip
+from pixelrpc.models.options import resolve_seed
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.services.captioning_batcher import BatchPolicy, ModelBatcher
 from pixelrpc.services.convert import tensor_to_numpy
-from pixelrpc.services.errors import status_code_for
+from pixelrpc.services.errors import rich_status, status_code_for
 from pixelrpc.services.runtime import Call, ServiceContext, rpc
 from pixelrpc.v1 import captioning_pb2 as pb
 from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
@@ -84,8 +85,8 @@ def options_from_pb(opts: pb.CaptionOptions, field: str = "job.options") -> Deco
         seed=int(opts.seed) if opts.HasField("seed") else None,
         num_captions=int(opts.num_captions) or 1,
     ).validate(MAX_LENGTH_LIMIT, field=field)
-    if strategy == "sample" and options.seed is None:
-        options = replace(options, seed=secrets.randbits(62))
+    if strategy == "sample" and options.seed is None:  # validate() checked a given seed (models.options)
+        options = replace(options, seed=resolve_seed(None, f"{field}.seed"))
     return options
 
 
@@ -105,15 +106,15 @@ def caption_pb(c: Caption, idx_to_word) -> pb.Caption:
     return pb.Caption(text=c.text, tokens=tokens, score=c.score, logprob=c.logprob, finished=c.finished)
 
 
-def error_pb(exc: BaseException, request_id: str) -> pb.CaptionError:
-    """One CaptionStream item's error, shaped like google.rpc.Status."""
+def error_pb(exc: BaseException, request_id: str) -> status_pb2.Status:
+    """One CaptionStream item's error: the google.rpc.Status a failed call would carry (code, message,
+    BadRequest field violations, RequestInfo with the stream's request id), read by clients alike."""
     if isinstance(exc, PixelRPCError):
         code, message = status_code_for(exc), exc.message
-        fields = [pb.FieldError(field=v.field, description=v.description) for v in exc.violations]
     else:
-        code, fields = grpc.StatusCode.INTERNAL, []
+        code = grpc.StatusCode.INTERNAL
         message = f"internal error (request id {request_id}); the server logged the details"
-    return pb.CaptionError(code=code.value[0], status=code.name, message=message, field_errors=fields)
+    return rich_status(code, message, exc, request_id)
 
 
 class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
@@ -275,7 +276,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                     received += 1
                     if not req.id or req.id in open_ids:
                         window.release()
-                        why = "is required" if not req.id else f"{req.id!r} is already in progress on this stream"
+                        why = "is required" if not req.id else f"{clip(req.id)!r} is already in progress on this stream"
                         err = InvalidInput(f"id {why}: give each request a unique id", field="id")
                         answers.put_nowait(pb.CaptionStreamResponse(id=req.id, error=error_pb(err, call.request_id)))
                         continue

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.errors import InvalidInput, clip
 from pixelrpc.models.imaging import encode_png
 from pixelrpc.models.registry import Manifest
 from pixelrpc.v1 import common_pb2, registry_pb2
@@ -19,7 +19,7 @@ MAX_TENSOR_ELEMENTS = 1 << 26
 
 def tensor_to_numpy(pb: common_pb2.Tensor, field: str = "tensor") -> np.ndarray:
     if pb.dtype not in DTYPES:
-        raise InvalidInput(f"{field}.dtype {pb.dtype!r} is not one of {', '.join(DTYPES)}", field=f"{field}.dtype")
+        raise InvalidInput(f"{field}.dtype {clip(pb.dtype)!r} is not one of {', '.join(DTYPES)}", field=f"{field}.dtype")
     shape = tuple(int(s) for s in pb.shape)
     if any(s < 0 for s in shape):
         raise InvalidInput(f"{field}.shape {list(shape)} has a negative dimension", field=f"{field}.shape")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.errors import InvalidInput, clip
 from pixelrpc.services.convert import model_info
 from pixelrpc.services.runtime import Call, ServiceContext, rpc
 from pixelrpc.v1 import registry_pb2, registry_pb2_grpc
@@ -27,7 +27,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     async def ListModels(self, request: registry_pb2.ListModelsRequest, call: Call):
         tasks = self.ctx.tasks
         if request.task and tasks and request.task not in tasks:
-            raise InvalidInput(f"task {request.task!r} is not served here (this process serves "
+            raise InvalidInput(f"task {clip(request.task)!r} is not served here (this process serves "
                                f"{', '.join(tasks)})", field="task")
         manifests = await call.run(self.ctx.registry.list, request.task or None,
                                    all_versions=request.all_versions)

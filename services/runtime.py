@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from grpc_status import rpc_status
 
 from pixelrpc.models.errors import CancelToken, InvalidInput, Overloaded, PixelRPCError
 from pixelrpc.models.imaging import decode_image
 from pixelrpc.models.registry import LoadedModel, ModelCache, Registry
-from pixelrpc.services.errors import rich_status, status_code_for
+from pixelrpc.services.errors import REQUEST_ID_KEY, abort, status_code_for
 from pixelrpc.services.metrics import Metrics
 from pixelrpc.services.settings import Settings
 from pixelrpc.v1 import common_pb2
@@ -35,7 +34,6 @@ from pixelrpc.v1 import common_pb2
 log = logging.getLogger("pixelrpc.server")
 access_log = logging.getLogger("pixelrpc.access")
 T = TypeVar("T")
-REQUEST_ID_KEY = "x-request-id"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -299,10 +297,23 @@ class Call:
 
 
 def _incoming_request_id(grpc_context) -> str | None:
+    """The caller's ``x-request-id`` when it is a sane token (``[A-Za-z0-9._:-]``, at most 128)."""
     for key, value in grpc_context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_OK.match(value):
             return value
     return None
+
+
+def request_id_for(grpc_context) -> str:
+    """The request id of a call failed outside ``@rpc`` (bad credentials, malformed bytes): the one
+    ``@rpc`` already put in the trailers when the handler runs, else the caller's, else a new one."""
+    try:
+        for key, value in grpc_context.trailing_metadata() or ():
+            if key == REQUEST_ID_KEY and isinstance(value, str):
+                return value
+    except Exception:  # noqa: BLE001 - a grpc without ServicerContext.trailing_metadata()
+        pass
+    return _incoming_request_id(grpc_context) or uuid.uuid4().hex
 
 
 async def _finish_error(call: Call, exc: BaseException) -> None:
@@ -312,8 +323,7 @@ async def _finish_error(call: Call, exc: BaseException) -> None:
         code = grpc.StatusCode.INTERNAL
         message = f"internal error (request id {call.request_id}); the server logged the details"
         log.error("unexpected error in %s (request id %s)", call.method, call.request_id, exc_info=exc)
-    status = rich_status(code, message, exc, call.request_id)
-    await call.grpc.abort_with_status(rpc_status.to_status(status))
+    await abort(call.grpc, code, message, exc=exc, request_id=call.request_id)
 
 
 def rpc(method):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import importlib
 import logging
 import signal
@@ -22,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pixelrpc.models.registry import ModelCache, Registry, parse_ref
 from pixelrpc.services import registry_service, server_info
+from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
 from pixelrpc.services.runtime import JobRunner, ServiceContext
@@ -46,7 +46,6 @@ SERVICE_TASKS = {
     "visualization": ("classification",),
     "style": ("feature-extraction",),
 }
-HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
 def _service_module(name: str):
@@ -58,46 +57,6 @@ def _service_module(name: str):
         if exc.name == module_name:
             return None
         raise
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Require ``authorization: Bearer <token>`` on every RPC except health checks."""
-
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(HEALTH_METHOD_PREFIX):
-            return handler
-        presented = ""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                presented = value if isinstance(value, str) else value.decode(errors="replace")
-        if hmac.compare_digest(presented.encode(), self._expected):
-            return handler
-        message = ("missing bearer token: send 'authorization: Bearer <token>' metadata"
-                   if not presented else "invalid bearer token")
-        return _denying_handler(handler, message)
-
-
-def _denying_handler(handler, message: str):
-    async def deny(request_or_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def deny_stream(request_or_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this an async generator
-
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
-    return grpc.stream_stream_rpc_method_handler(deny_stream, **kw)
 
 
 class PixelServer:
@@ -185,12 +144,20 @@ class PixelServer:
 
 
 def _credentials(settings: Settings):
+    """TLS server credentials, or None for plaintext. With ``tls_client_ca`` (mutual TLS) the handshake
+    fails for a client without a certificate signed by that CA, before any RPC is read."""
     if not settings.tls_cert:
+        if settings.tls_client_ca:
+            raise ValueError("PIXELRPC_TLS_CLIENT_CA is set but PIXELRPC_TLS_CERT is not: client "
+                             "certificates are verified in a TLS handshake, so the server needs its own")
         return None
     if not settings.tls_key:
         raise ValueError("PIXELRPC_TLS_CERT is set but PIXELRPC_TLS_KEY is not")
     key = Path(settings.tls_key).read_bytes()
     cert = Path(settings.tls_cert).read_bytes()
+    if settings.tls_client_ca:
+        client_ca = Path(settings.tls_client_ca).read_bytes()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, cert)])
 
 
@@ -211,7 +178,9 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    # Authentication first: a denied call is answered without parsing its request.
     interceptors = [AuthInterceptor(settings.auth_token)] if settings.auth_token else []
+    interceptors.append(ParseInterceptor())
     server = grpc.aio.server(options=options, interceptors=interceptors)
     metrics = Metrics()
     device = settings.resolved_device()

@@ -60,6 +60,9 @@ class Settings:
     max_batch_size: int = 0
     max_batch_delay_ms: float = -1.0
     reflection: bool = True
+    # Mutual TLS: a CA bundle (PEM path); when set, the TLS server requires every client to present a
+    # certificate signed by it (needs tls_cert and tls_key).
+    tls_client_ca: str = ""
     extra: dict = field(default_factory=dict)
 
     @property

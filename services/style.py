@@ -13,12 +13,12 @@ resized style image. The images sent may be larger (decoding is bounded by ``max
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 from PIL import Image
 
 from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.options import check_count, resolve_seed
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.models.style import PRESETS, StyleProgress, get_preset, style_transfer_steps
 from pixelrpc.models.style.presets import multipliers_for
@@ -106,9 +106,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         """Check and decode a job (blocking: run it in the executor)."""
         settings = self.ctx.settings
         params = resolve_parameters(job)
-        if params["iterations"] > settings.max_iterations:
-            raise InvalidInput(f"iterations={params['iterations']} is over this server's "
-                               f"max_iterations={settings.max_iterations}", field="job.parameters.iterations")
+        check_count(params["iterations"], "job.parameters.iterations", maximum=settings.max_iterations)
+        seed = resolve_seed(job.seed if job.HasField("seed") else None, "job.seed")
         for key in ("image_size", "style_size"):
             if params[key] > settings.max_image_side:
                 raise InvalidInput(f"{key}={params[key]} is over this server's max_image_side="
@@ -131,7 +130,6 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         if not hasattr(loaded.model, "features"):
             raise InvalidInput(f"model {loaded.manifest.ref} has no feature trunk to run style transfer on",
                                field="job.model.name")
-        seed = job.seed if job.HasField("seed") else secrets.randbits(62)
         return StylePlan(content, styles, blend, loaded, params, seed)
 
     def _steps(self, plan: StylePlan, call: Call, preview_every: int):

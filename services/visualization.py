@@ -8,12 +8,11 @@ encoding happen in the executor; the event loop only moves messages.
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from pixelrpc.models import visualization as vis
 from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.options import check_count, resolve_seed
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.models.visualization.classify import class_label
 from pixelrpc.models.zoo import ImageModel
@@ -44,10 +43,6 @@ BASELINES = {
 }
 
 
-def _new_seed() -> int:
-    return random.SystemRandom().randrange(0, 2**31 - 1)
-
-
 class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
@@ -63,12 +58,8 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
 
     def _bounded(self, value: int, default: int, name: str, minimum: int = 1) -> int:
         """A count from the request: 0 takes ``default``; it must lie in [minimum, max_iterations]."""
-        value = int(value) or default
-        limit = self.ctx.settings.max_iterations
-        if value < minimum or value > limit:
-            raise InvalidInput(f"{name} must be between {minimum} and {limit} (this server's max_iterations), "
-                               f"got {value}", field=name)
-        return value
+        return check_count(int(value) or default, name, minimum=minimum,
+                           maximum=self.ctx.settings.max_iterations)
 
     @staticmethod
     def _check_class(model: ImageModel, index: int, field: str) -> int:
@@ -107,15 +98,15 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
         if request.method not in METHOD_NAMES:
             raise InvalidInput(f"unknown saliency method {request.method}", field="method")
         method = METHOD_NAMES[request.method]
+        sg = request.smoothgrad  # its seed is checked before the image is decoded and the model loaded
+        seed = (resolve_seed(sg.seed if sg.HasField("seed") else None, "smoothgrad.seed")
+                if method == "smoothgrad" else None)
         image = await call.run(self.ctx.decode_image, request.image)
         loaded, model = await call.run(self._model, request, call)
         target = (self._check_class(model, request.target_class, "target_class")
                   if request.HasField("target_class") else None)
         options: dict = {}
-        seed = None
         if method == "smoothgrad":
-            sg = request.smoothgrad
-            seed = sg.seed if sg.HasField("seed") else _new_seed()
             options = {"noise_level": sg.noise_level if sg.HasField("noise_level") else 0.15,
                        "samples": self._bounded(sg.samples, 25, "smoothgrad.samples"), "seed": seed}
         elif method == "integrated_gradients":
@@ -179,6 +170,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     # ------------------------------------------------------------------ ClassVisualization
     @rpc
     async def ClassVisualization(self, request: pb.ClassVisualizationRequest, call: Call):
+        seed = resolve_seed(request.seed if request.HasField("seed") else None, "seed")
         loaded, model = await call.run(self._model, request, call)
         target = self._check_class(model, request.target_class, "target_class")
         iterations = self._bounded(request.num_iterations, 100, "num_iterations")
@@ -186,7 +178,6 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
         if not 8 <= size <= self.ctx.settings.max_image_side:
             raise InvalidInput(f"size must be between 8 and {self.ctx.settings.max_image_side} "
                                f"(this server's max_image_side), got {size}", field="size")
-        seed = request.seed if request.HasField("seed") else _new_seed()
         kwargs = {
             "l2_reg": request.l2_reg if request.HasField("l2_reg") else 1e-3,
             "learning_rate": request.learning_rate or 25.0,

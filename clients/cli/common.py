@@ -32,11 +32,12 @@ def resolve_addr(service: str, addr: str | None) -> str:
 
 
 def client_kwargs(timeout: float | None = None) -> dict:
-    """Token and TLS from ``PIXELRPC_AUTH_TOKEN``, ``PIXELRPC_TLS_CA``, ``PIXELRPC_TLS_SERVER_NAME``."""
-    tls = None
-    if os.environ.get("PIXELRPC_TLS_CA"):
-        tls = TLSConfig(ca=os.environ["PIXELRPC_TLS_CA"],
-                        server_name=os.environ.get("PIXELRPC_TLS_SERVER_NAME") or None)
+    """Token from ``PIXELRPC_AUTH_TOKEN``; TLS from ``PIXELRPC_TLS_CA``, ``PIXELRPC_TLS_CLIENT_CERT``,
+    ``PIXELRPC_TLS_CLIENT_KEY`` and ``PIXELRPC_TLS_SERVER_NAME`` (``TLSConfig.from_env``)."""
+    try:
+        tls = TLSConfig.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     kw = {"token": os.environ.get("PIXELRPC_AUTH_TOKEN") or None, "tls": tls}
     if timeout is not None:
         kw["timeout"] = timeout

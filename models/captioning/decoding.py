@@ -39,6 +39,7 @@ import numpy as np
 from pixelrpc.models.captioning import rnn_layers as L
 from pixelrpc.models.captioning.captioning_rnn import END, NULL, START, CaptioningRNN
 from pixelrpc.models.errors import FailedPrecondition, FieldViolation, InvalidInput
+from pixelrpc.models.options import seed_violation
 
 STRATEGIES = ("greedy", "beam", "sample")
 MAX_LENGTH_LIMIT = 100
@@ -96,12 +97,13 @@ class DecodeOptions:
                   f"temperature must be in [0.001, 100], got {self.temperature}")
             check(1 <= self.num_captions <= MAX_SAMPLES, "num_captions",
                   f"num_captions must be in [1, {MAX_SAMPLES}] when sampling, got {self.num_captions}")
-            check(self.seed is None or 0 <= self.seed < 2**63, "seed",
-                  f"seed must be in [0, 2^63), got {self.seed}")
         else:
             check(self.num_captions == 1, "num_captions",
                   f"greedy decoding yields one caption, got num_captions={self.num_captions}; "
                   "use beam search or sampling for several")
+        seed = seed_violation(self.seed, f"{field}.seed")  # checked whatever the strategy, as everywhere
+        if seed is not None:
+            bad.append(seed)
         if bad:
             raise InvalidInput("; ".join(v.description for v in bad), violations=bad)
         return self

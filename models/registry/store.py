@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixelrpc.models.errors import InvalidInput, ModelCorrupt, ModelNotFound, RegistryConflict
+from pixelrpc.models.errors import InvalidInput, ModelCorrupt, ModelNotFound, RegistryConflict, clip
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 FILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -47,8 +47,8 @@ def default_root() -> Path:
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
         raise InvalidInput(
-            f"invalid model name {name!r}: names match [a-z0-9][a-z0-9._-]{{0,63}} "
-            "(lower-case letters, digits, '.', '_', '-'; no slashes)",
+            f"invalid model name {clip(name)!r}: use [a-z0-9][a-z0-9._-]{{0,63}} "
+            "(lower-case letters, digits, '.', '_', '-')",
             field="model.name",
         )
     return name
@@ -61,7 +61,7 @@ def parse_ref(ref: str) -> tuple[str, int]:
     if not version:
         return name, 0
     if not version.isdigit():
-        raise InvalidInput(f"invalid model reference {ref!r}: expected NAME or NAME:VERSION", field="model")
+        raise InvalidInput(f"invalid model reference {clip(ref)!r}: expected NAME or NAME:VERSION", field="model")
     return name, int(version)
 
 
@@ -343,8 +343,10 @@ class Registry:
         return (versions[-1] + 1) if versions else 1
 
     def _not_found_message(self, name: str) -> str:
+        # No path: this message reaches remote callers, who need not learn the server's file layout
+        # (`pixelrpc models list` shows an operator which registry is in use).
         return (
-            f"model {name!r} is not in the registry at {self.root}; add it with "
+            f"model {clip(name)!r} is not in the model registry; add it with "
             "'pixelrpc models bootstrap' or 'pixelrpc models import ...'"
         )
 

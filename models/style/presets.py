@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from pixelrpc.models.errors import InvalidInput, ModelCorrupt
+from pixelrpc.models.errors import InvalidInput, ModelCorrupt, clip
 
 MULTIPLIERS_KEY = "style_weight_multipliers"
 
@@ -110,5 +110,5 @@ def get_preset(name: str) -> StylePreset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise InvalidInput(f"unknown style preset {name!r}; known presets: {', '.join(sorted(PRESETS))}",
+        raise InvalidInput(f"unknown style preset {clip(name)!r}; known presets: {', '.join(sorted(PRESETS))}",
                            field="preset") from None

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from pixelrpc.v1 import common_pb2 as pixelrpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpixelrpc/v1/captioning.proto\x12\x0bpixelrpc.v1\x1a\x18pixelrpc/v1/common.proto\"\xdd\x01\n\x0e\x43\x61ptionOptions\x12/\n\x08strategy\x18\x01 \x01(\x0e\x32\x1d.pixelrpc.v1.DecodingStrategy\x12\x12\n\nmax_length\x18\x02 \x01(\r\x12\x12\n\nbeam_width\x18\x03 \x01(\r\x12\x16\n\x0elength_penalty\x18\x04 \x01(\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x0cnum_captions\x18\x07 \x01(\rB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\xb7\x01\n\nCaptionJob\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x12.pixelrpc.v1.ImageH\x00\x12\'\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x13.pixelrpc.v1.TensorH\x00\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.pixelrpc.v1.CaptionOptionsB\x07\n\x05input\"9\n\x0c\x43\x61ptionToken\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04word\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"t\n\x07\x43\x61ption\x12\x0c\n\x04text\x18\x01 \x01(\t\x12)\n\x06tokens\x18\x02 \x03(\x0b\x32\x19.pixelrpc.v1.CaptionToken\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0f\n\x07logprob\x18\x04 \x01(\x01\x12\x10\n\x08\x66inished\x18\x05 \x01(\x08\"\xb6\x01\n\rCaptionResult\x12&\n\x08\x63\x61ptions\x18\x01 \x03(\x0b\x32\x14.pixelrpc.v1.Caption\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.pixelrpc.v1.CaptionOptions\x12&\n\x07\x65ncoder\x18\x03 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\x12\'\n\x04meta\x18\x04 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta\"6\n\x0e\x43\x61ptionRequest\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.pixelrpc.v1.CaptionJob\"=\n\x0f\x43\x61ptionResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.pixelrpc.v1.CaptionResult\"<\n\x14StreamCaptionRequest\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.pixelrpc.v1.CaptionJob\"`\n\x0bTokenUpdate\x12\x15\n\rcaption_index\x18\x01 \x01(\r\x12\x10\n\x08position\x18\x02 \x01(\r\x12(\n\x05token\x18\x03 \x01(\x0b\x32\x19.pixelrpc.v1.CaptionToken\"y\n\x15StreamCaptionResponse\x12)\n\x05token\x18\x01 \x01(\x0b\x32\x18.pixelrpc.v1.TokenUpdateH\x00\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1a.pixelrpc.v1.CaptionResultH\x00\x42\x07\n\x05\x65vent\"H\n\x14\x43\x61ptionStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x03job\x18\x02 \x01(\x0b\x32\x17.pixelrpc.v1.CaptionJob\"l\n\x0c\x43\x61ptionError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\x0c\x66ield_errors\x18\x04 \x03(\x0b\x32\x17.pixelrpc.v1.FieldError\"0\n\nFieldError\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x88\x01\n\x15\x43\x61ptionStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1a.pixelrpc.v1.CaptionResultH\x00\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x19.pixelrpc.v1.CaptionErrorH\x00\x42\t\n\x07outcome*\x8d\x01\n\x10\x44\x65\x63odingStrategy\x12!\n\x1d\x44\x45\x43ODING_STRATEGY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45\x43ODING_STRATEGY_GREEDY\x10\x01\x12\x1a\n\x16\x44\x45\x43ODING_STRATEGY_BEAM\x10\x02\x12\x1c\n\x18\x44\x45\x43ODING_STRATEGY_SAMPLE\x10\x03\x32\x8f\x02\n\x11\x43\x61ptioningService\x12\x44\n\x07\x43\x61ption\x12\x1b.pixelrpc.v1.CaptionRequest\x1a\x1c.pixelrpc.v1.CaptionResponse\x12X\n\rStreamCaption\x12!.pixelrpc.v1.StreamCaptionRequest\x1a\".pixelrpc.v1.StreamCaptionResponse0\x01\x12Z\n\rCaptionStream\x12!.pixelrpc.v1.CaptionStreamRequest\x1a\".pixelrpc.v1.CaptionStreamResponse(\x01\x30\x01\x42\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpixelrpc/v1/captioning.proto\x12\x0bpixelrpc.v1\x1a\x17google/rpc/status.proto\x1a\x18pixelrpc/v1/common.proto\"\xdd\x01\n\x0e\x43\x61ptionOptions\x12/\n\x08strategy\x18\x01 \x01(\x0e\x32\x1d.pixelrpc.v1.DecodingStrategy\x12\x12\n\nmax_length\x18\x02 \x01(\r\x12\x12\n\nbeam_width\x18\x03 \x01(\r\x12\x16\n\x0elength_penalty\x18\x04 \x01(\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x0cnum_captions\x18\x07 \x01(\rB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\xb7\x01\n\nCaptionJob\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x12.pixelrpc.v1.ImageH\x00\x12\'\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x13.pixelrpc.v1.TensorH\x00\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.pixelrpc.v1.CaptionOptionsB\x07\n\x05input\"9\n\x0c\x43\x61ptionToken\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04word\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"t\n\x07\x43\x61ption\x12\x0c\n\x04text\x18\x01 \x01(\t\x12)\n\x06tokens\x18\x02 \x03(\x0b\x32\x19.pixelrpc.v1.CaptionToken\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0f\n\x07logprob\x18\x04 \x01(\x01\x12\x10\n\x08\x66inished\x18\x05 \x01(\x08\"\xb6\x01\n\rCaptionResult\x12&\n\x08\x63\x61ptions\x18\x01 \x03(\x0b\x32\x14.pixelrpc.v1.Caption\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.pixelrpc.v1.CaptionOptions\x12&\n\x07\x65ncoder\x18\x03 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\x12\'\n\x04meta\x18\x04 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta\"6\n\x0e\x43\x61ptionRequest\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.pixelrpc.v1.CaptionJob\"=\n\x0f\x43\x61ptionResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.pixelrpc.v1.CaptionResult\"<\n\x14StreamCaptionRequest\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.pixelrpc.v1.CaptionJob\"`\n\x0bTokenUpdate\x12\x15\n\rcaption_index\x18\x01 \x01(\r\x12\x10\n\x08position\x18\x02 \x01(\r\x12(\n\x05token\x18\x03 \x01(\x0b\x32\x19.pixelrpc.v1.CaptionToken\"y\n\x15StreamCaptionResponse\x12)\n\x05token\x18\x01 \x01(\x0b\x32\x18.pixelrpc.v1.TokenUpdateH\x00\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1a.pixelrpc.v1.CaptionResultH\x00\x42\x07\n\x05\x65vent\"H\n\x14\x43\x61ptionStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x03job\x18\x02 \x01(\x0b\x32\x17.pixelrpc.v1.CaptionJob\"\x87\x01\n\x15\x43\x61ptionStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1a.pixelrpc.v1.CaptionResultH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcomeJ\x04\x08\x03\x10\x04*\x8d\x01\n\x10\x44\x65\x63odingStrategy\x12!\n\x1d\x44\x45\x43ODING_STRATEGY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45\x43ODING_STRATEGY_GREEDY\x10\x01\x12\x1a\n\x16\x44\x45\x43ODING_STRATEGY_BEAM\x10\x02\x12\x1c\n\x18\x44\x45\x43ODING_STRATEGY_SAMPLE\x10\x03\x32\x8f\x02\n\x11\x43\x61ptioningService\x12\x44\n\x07\x43\x61ption\x12\x1b.pixelrpc.v1.CaptionRequest\x1a\x1c.pixelrpc.v1.CaptionResponse\x12X\n\rStreamCaption\x12!.pixelrpc.v1.StreamCaptionRequest\x1a\".pixelrpc.v1.StreamCaptionResponse0\x01\x12Z\n\rCaptionStream\x12!.pixelrpc.v1.CaptionStreamRequest\x1a\".pixelrpc.v1.CaptionStreamResponse(\x01\x30\x01\x42\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +34,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pixelrpc.v1.captioning_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
-  _globals['_DECODINGSTRATEGY']._serialized_start=1619
-  _globals['_DECODINGSTRATEGY']._serialized_end=1760
-  _globals['_CAPTIONOPTIONS']._serialized_start=72
-  _globals['_CAPTIONOPTIONS']._serialized_end=293
-  _globals['_CAPTIONJOB']._serialized_start=296
-  _globals['_CAPTIONJOB']._serialized_end=479
-  _globals['_CAPTIONTOKEN']._serialized_start=481
-  _globals['_CAPTIONTOKEN']._serialized_end=538
-  _globals['_CAPTION']._serialized_start=540
-  _globals['_CAPTION']._serialized_end=656
-  _globals['_CAPTIONRESULT']._serialized_start=659
-  _globals['_CAPTIONRESULT']._serialized_end=841
-  _globals['_CAPTIONREQUEST']._serialized_start=843
-  _globals['_CAPTIONREQUEST']._serialized_end=897
-  _globals['_CAPTIONRESPONSE']._serialized_start=899
-  _globals['_CAPTIONRESPONSE']._serialized_end=960
-  _globals['_STREAMCAPTIONREQUEST']._serialized_start=962
-  _globals['_STREAMCAPTIONREQUEST']._serialized_end=1022
-  _globals['_TOKENUPDATE']._serialized_start=1024
-  _globals['_TOKENUPDATE']._serialized_end=1120
-  _globals['_STREAMCAPTIONRESPONSE']._serialized_start=1122
-  _globals['_STREAMCAPTIONRESPONSE']._serialized_end=1243
-  _globals['_CAPTIONSTREAMREQUEST']._serialized_start=1245
-  _globals['_CAPTIONSTREAMREQUEST']._serialized_end=1317
-  _globals['_CAPTIONERROR']._serialized_start=1319
-  _globals['_CAPTIONERROR']._serialized_end=1427
-  _globals['_FIELDERROR']._serialized_start=1429
-  _globals['_FIELDERROR']._serialized_end=1477
-  _globals['_CAPTIONSTREAMRESPONSE']._serialized_start=1480
-  _globals['_CAPTIONSTREAMRESPONSE']._serialized_end=1616
-  _globals['_CAPTIONINGSERVICE']._serialized_start=1763
-  _globals['_CAPTIONINGSERVICE']._serialized_end=2034
+  _globals['_DECODINGSTRATEGY']._serialized_start=1483
+  _globals['_DECODINGSTRATEGY']._serialized_end=1624
+  _globals['_CAPTIONOPTIONS']._serialized_start=97
+  _globals['_CAPTIONOPTIONS']._serialized_end=318
+  _globals['_CAPTIONJOB']._serialized_start=321
+  _globals['_CAPTIONJOB']._serialized_end=504
+  _globals['_CAPTIONTOKEN']._serialized_start=506
+  _globals['_CAPTIONTOKEN']._serialized_end=563
+  _globals['_CAPTION']._serialized_start=565
+  _globals['_CAPTION']._serialized_end=681
+  _globals['_CAPTIONRESULT']._serialized_start=684
+  _globals['_CAPTIONRESULT']._serialized_end=866
+  _globals['_CAPTIONREQUEST']._serialized_start=868
+  _globals['_CAPTIONREQUEST']._serialized_end=922
+  _globals['_CAPTIONRESPONSE']._serialized_start=924
+  _globals['_CAPTIONRESPONSE']._serialized_end=985
+  _globals['_STREAMCAPTIONREQUEST']._serialized_start=987
+  _globals['_STREAMCAPTIONREQUEST']._serialized_end=1047
+  _globals['_TOKENUPDATE']._serialized_start=1049
+  _globals['_TOKENUPDATE']._serialized_end=1145
+  _globals['_STREAMCAPTIONRESPONSE']._serialized_start=1147
+  _globals['_STREAMCAPTIONRESPONSE']._serialized_end=1268
+  _globals['_CAPTIONSTREAMREQUEST']._serialized_start=1270
+  _globals['_CAPTIONSTREAMREQUEST']._serialized_end=1342
+  _globals['_CAPTIONSTREAMRESPONSE']._serialized_start=1345
+  _globals['_CAPTIONSTREAMRESPONSE']._serialized_end=1480
+  _globals['_CAPTIONINGSERVICE']._serialized_start=1627
+  _globals['_CAPTIONINGSERVICE']._serialized_end=1898
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.rpc import status_pb2 as _status_pb2
 from pixelrpc.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -129,26 +130,6 @@ class CaptionStreamRequest(_message.Message):
     job: CaptionJob
     def __init__(self, id: _Optional[str] = ..., job: _Optional[_Union[CaptionJob, _Mapping]] = ...) -> None: ...
 
-class CaptionError(_message.Message):
-    __slots__ = ("code", "status", "message", "field_errors")
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    STATUS_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    FIELD_ERRORS_FIELD_NUMBER: _ClassVar[int]
-    code: int
-    status: str
-    message: str
-    field_errors: _containers.RepeatedCompositeFieldContainer[FieldError]
-    def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ...) -> None: ...
-
-class FieldError(_message.Message):
-    __slots__ = ("field", "description")
-    FIELD_FIELD_NUMBER: _ClassVar[int]
-    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
-    field: str
-    description: str
-    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
-
 class CaptionStreamResponse(_message.Message):
     __slots__ = ("id", "result", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -156,5 +137,5 @@ class CaptionStreamResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     id: str
     result: CaptionResult
-    error: CaptionError
-    def __init__(self, id: _Optional[str] = ..., result: _Optional[_Union[CaptionResult, _Mapping]] = ..., error: _Optional[_Union[CaptionError, _Mapping]] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, id: _Optional[str] = ..., result: _Optional[_Union[CaptionResult, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
