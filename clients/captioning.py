@@ -4,13 +4,16 @@ An input is an image (encoded bytes, a path, or a PIL image) or a feature vector
 or a path to a ``.npy`` file). ``stream_caption`` yields ``TokenUpdate`` objects and ends with a
 ``CaptionOutput``; closing the iterator cancels the call on the server. ``caption_many`` sends
 many inputs over one ``CaptionStream`` and yields ``(index, CaptionOutput | RpcError)`` as each
-answer arrives.
+answer arrives, with at most ``window`` inputs in flight (sent and not yet answered): inputs are
+read (files opened) only as the window allows, and the server is never sent more than it can take.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -28,6 +31,9 @@ CaptionInput = bytes | str | os.PathLike | Image.Image | np.ndarray
 STRATEGIES = {"greedy": pb.DECODING_STRATEGY_GREEDY, "beam": pb.DECODING_STRATEGY_BEAM,
               "sample": pb.DECODING_STRATEGY_SAMPLE}
 _STRATEGY_NAMES = {v: k for k, v in STRATEGIES.items()}
+# Inputs of one caption_many in flight: the server's default caption_stream_window, so that a
+# stream keeps the server's window full without queueing more on the wire.
+DEFAULT_WINDOW = 32
 
 
 @dataclass(frozen=True)
@@ -171,21 +177,34 @@ class CaptioningClient(ServiceClient):
             yield _event(msg)
 
     def caption_many(self, values: Iterable[CaptionInput | pb.CaptionJob], *, timeout: float | None = None,
-                     request_id: str | None = None, **options,
+                     request_id: str | None = None, window: int = DEFAULT_WINDOW, **options,
                      ) -> Iterator[tuple[int, CaptionOutput | errors.RpcError]]:
         """One CaptionStream for all inputs; yields ``(input index, output or error)`` as answers arrive.
         A bad input yields its error and the others go on. An input may also be a ready ``CaptionJob``
-        (its own model and options)."""
-        requests = (pb.CaptionStreamRequest(id=str(i), job=_job(v, options))
-                    for i, v in zip(itertools.count(), values))
-        call = self._stub.CaptionStream(requests, timeout=timeout or self.timeout,
+        (its own model and options). At most ``window`` inputs are in flight; ``timeout`` is the
+        deadline of the whole stream."""
+        room = threading.Semaphore(max(1, window))
+        finished = threading.Event()
+
+        def requests():  # consumed by a gRPC thread, which blocks here while the window is full
+            for i, v in zip(itertools.count(), values):
+                while not room.acquire(timeout=0.2):
+                    if finished.is_set():
+                        return
+                if finished.is_set():
+                    return
+                yield pb.CaptionStreamRequest(id=str(i), job=_job(v, options))
+
+        call = self._stub.CaptionStream(requests(), timeout=timeout or self.timeout,
                                         metadata=self.metadata(request_id))
         try:
             for msg in call:
+                room.release()
                 yield _outcome(msg)
         except grpc.RpcError as exc:
             raise errors.from_grpc(exc) from None
         finally:
+            finished.set()
             call.cancel()
 
 
@@ -209,13 +228,21 @@ class AsyncCaptioningClient(AsyncServiceClient):
             yield _event(msg)
 
     async def caption_many(self, values: Iterable[CaptionInput | pb.CaptionJob], *, timeout: float | None = None,
-                           request_id: str | None = None, **options,
+                           request_id: str | None = None, window: int = DEFAULT_WINDOW, **options,
                            ) -> AsyncIterator[tuple[int, CaptionOutput | errors.RpcError]]:
-        requests = [pb.CaptionStreamRequest(id=str(i), job=_job(v, options)) for i, v in enumerate(values)]
-        call = self._stub.CaptionStream(iter(requests), timeout=timeout or self.timeout,
+        """As ``CaptioningClient.caption_many``: at most ``window`` inputs in flight."""
+        room = asyncio.Semaphore(max(1, window))
+
+        async def requests():
+            for i, v in enumerate(values):
+                await room.acquire()
+                yield pb.CaptionStreamRequest(id=str(i), job=_job(v, options))
+
+        call = self._stub.CaptionStream(requests(), timeout=timeout or self.timeout,
                                         metadata=self.metadata(request_id))
         try:
             async for msg in call:
+                room.release()
                 yield _outcome(msg)
         except grpc.RpcError as exc:
             raise errors.from_grpc(exc) from None

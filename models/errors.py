@@ -90,6 +90,10 @@ class DeadlineExceeded(PixelRPCError):
     """The job ran out of its deadline (DEADLINE_EXCEEDED)."""
 
 
+class StreamStalled(PixelRPCError):
+    """A stream's client read nothing for the stall limit; the stream was ended (ABORTED)."""
+
+
 @dataclass
 class CancelToken:
     """A flag a long job polls between steps; the service sets it on cancel or deadline."""

@@ -37,6 +37,7 @@ from pixelrpc.services.captioning_batcher import BatchPolicy, ModelBatcher
 from pixelrpc.services.convert import tensor_to_numpy
 from pixelrpc.services.errors import rich_status, status_code_for
 from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.services.streaming import Lane
 from pixelrpc.v1 import captioning_pb2 as pb
 from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
 from pixelrpc.v1 import common_pb2
@@ -52,7 +53,6 @@ DEFAULT_MAX_LENGTH = 30
 DEFAULT_BEAM_WIDTH = 3
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_BATCH_DELAY_MS = 2.0
-STREAM_WINDOW = 128  # CaptionStream requests in progress at once per stream
 BATCHERS_KEY = "captioning_batchers"
 _STRATEGIES = {pb.DECODING_STRATEGY_UNSPECIFIED: "greedy", pb.DECODING_STRATEGY_GREEDY: "greedy",
                pb.DECODING_STRATEGY_BEAM: "beam", pb.DECODING_STRATEGY_SAMPLE: "sample"}
@@ -156,13 +156,14 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                 f"{loaded.manifest.ref} takes {loaded.model.input_dim}")
         return features, encoder
 
-    async def plan(self, job: pb.CaptionJob, call: Call) -> CaptionPlan:
+    async def plan(self, job: pb.CaptionJob, call: Call, run=None) -> CaptionPlan:
+        """``run`` runs the encoder: ``call.run`` (a job slot through the queue), or a stream's lane."""
         loop = asyncio.get_running_loop()
         loaded, options, which = await loop.run_in_executor(self.ctx.jobs.executor, self.resolve, job, call)
         call.model = loaded.manifest.ref
         if which == "features":
             return CaptionPlan(loaded, self.features_of(loaded, job), options)
-        features, encoder = await call.run(self.encode_image, loaded, job)
+        features, encoder = await (run or call.run)(self.encode_image, loaded, job)
         return CaptionPlan(loaded, features, options, encoder)
 
     # ------------------------------------------------------------------ decoding
@@ -179,8 +180,10 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
             jobs = self.ctx.jobs
             policy = BatchPolicy(max_batch_size=size, max_delay_s=max(0.0, delay_ms) / 1000.0,
                                  max_pending=max(1, self.ctx.settings.queue_depth) * size)
+            # The worker serves requests that were admitted already: it waits for its slot in line
+            # (reacquire) and is never refused, whatever the queue holds.
             batcher = ModelBatcher(
-                loaded.model, policy=policy, executor=jobs.executor, acquire_slot=jobs.acquire,
+                loaded.model, policy=policy, executor=jobs.executor, acquire_slot=jobs.reacquire,
                 release_slot=jobs.release, max_length_limit=MAX_LENGTH_LIMIT,
                 observe_batch=self.ctx.metrics.batch_size.labels(self.ctx.name).observe)
             self.batchers[key] = batcher
@@ -192,7 +195,9 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
             if key[3] not in loaded and batcher.idle:
                 del self.batchers[key]
 
-    async def events(self, plan: CaptionPlan, call: Call, want_tokens: bool) -> AsyncIterator[TokenEvent | Finished]:
+    async def events(self, plan: CaptionPlan, call: Call, want_tokens: bool,
+                     run=None) -> AsyncIterator[TokenEvent | Finished]:
+        """Decode through the model's batcher; without one, in the executor (``run``: see ``plan``)."""
         batcher = self.batcher_for(plan.loaded)
         start = time.perf_counter()
         try:
@@ -203,15 +208,15 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                 async for item in call.steps(lambda: decode_steps(plan.loaded.model, plan.features, plan.options)):
                     yield item
             else:
-                captions = await call.run(decode, plan.loaded.model, plan.features, plan.options)
+                captions = await (run or call.run)(decode, plan.loaded.model, plan.features, plan.options)
                 yield Finished(captions)
         finally:
             if batcher is not None:
                 call.compute_ms += (time.perf_counter() - start) * 1000.0
 
-    async def caption(self, job: pb.CaptionJob, call: Call) -> pb.CaptionResult:
-        plan = await self.plan(job, call)
-        async for item in self.events(plan, call, want_tokens=False):
+    async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
+        plan = await self.plan(job, call, run)
+        async for item in self.events(plan, call, want_tokens=False, run=run):
             if isinstance(item, Finished):
                 return self.result_pb(plan, item, call)
         raise AssertionError("decoding always ends with Finished")
@@ -245,9 +250,17 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
 
     @rpc
     async def CaptionStream(self, request_iterator, call: Call):
-        """Each request is planned and decoded as its own task; answers go out as they are ready."""
+        """Each request is planned and decoded as its own task; answers go out as they are ready.
+
+        Flow control: the next request is read only while fewer than ``caption_stream_window`` items
+        of this stream are in progress (read and not yet answered), so gRPC's flow control holds a
+        fast client back instead of the server buffering its images. Image items are encoded in the
+        stream's lane (one job slot, waited for, never refused: the items of an admitted stream do not
+        compete one by one for the server-wide queue); decoding goes to the model's batcher.
+        """
+        room = asyncio.Semaphore(max(1, int(self.ctx.settings.caption_stream_window)))
+        lane = Lane(call)
         answers: asyncio.Queue = asyncio.Queue()
-        window = asyncio.Semaphore(int(self.ctx.settings.extra.get("captioning_stream_window", STREAM_WINDOW)))
         open_ids: set[str] = set()
         tasks: set[asyncio.Task] = set()
         received = 0  # requests read; each gets exactly one answer
@@ -255,7 +268,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
 
         async def answer(req: pb.CaptionStreamRequest) -> None:
             try:
-                result = await self.caption(req.job, call)
+                result = await self.caption(req.job, call, run=lane.run)
                 response = pb.CaptionStreamResponse(id=req.id, result=result)
             except asyncio.CancelledError:
                 raise
@@ -265,17 +278,20 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                 response = pb.CaptionStreamResponse(id=req.id, error=error_pb(exc, call.request_id))
             finally:
                 open_ids.discard(req.id)
-                window.release()
             answers.put_nowait(response)
 
         async def read() -> None:
             nonlocal received
+            requests = request_iterator.__aiter__()
             try:
-                async for req in request_iterator:
-                    await window.acquire()
+                while True:
+                    await room.acquire()  # released once the item's answer is handed to the sender
+                    try:
+                        req = await requests.__anext__()
+                    except StopAsyncIteration:
+                        return
                     received += 1
                     if not req.id or req.id in open_ids:
-                        window.release()
                         why = "is required" if not req.id else f"{clip(req.id)!r} is already in progress on this stream"
                         err = InvalidInput(f"id {why}: give each request a unique id", field="id")
                         answers.put_nowait(pb.CaptionStreamResponse(id=req.id, error=error_pb(err, call.request_id)))
@@ -297,11 +313,14 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                     continue
                 answered += 1
                 yield item
+                room.release()
             await reader
         finally:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+            lane.close()
+
 
 def add_to_server(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     pb_grpc.add_CaptioningServiceServicer_to_server(CaptioningServicer(ctx), server)

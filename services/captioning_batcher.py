@@ -14,7 +14,9 @@ Policy:
   (or until the batch is full) before the first step; requests arriving while a batch runs join it
   at the next step without waiting.
 - While it has work the worker holds one job slot of the service's bounded executor, so the
-  server's ``max_concurrency`` still bounds the CPU work.
+  server's ``max_concurrency`` still bounds the CPU work. The service passes a slot acquire that
+  waits in line and never refuses (``JobRunner.reacquire``): the requests were admitted already, and
+  a full queue must make them wait, not fail every pending request at once.
 
 A request's result never depends on its batch: rows are independent and each sampled caption has
 its own generator. A cancelled call, or one whose deadline passed, leaves the batch at the next step.

@@ -33,6 +33,7 @@ STATUS_FOR_ERROR: dict[type[E.PixelRPCError], grpc.StatusCode] = {
     E.RegistryConflict: grpc.StatusCode.ALREADY_EXISTS,
     E.Cancelled: grpc.StatusCode.CANCELLED,
     E.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    E.StreamStalled: grpc.StatusCode.ABORTED,
 }
 
 

@@ -29,6 +29,7 @@ from pixelrpc.models.registry import LoadedModel, ModelCache, Registry
 from pixelrpc.services.errors import REQUEST_ID_KEY, abort, status_code_for
 from pixelrpc.services.metrics import Metrics
 from pixelrpc.services.settings import Settings
+from pixelrpc.services.streaming import SlotLease, send_stream
 from pixelrpc.v1 import common_pb2
 
 log = logging.getLogger("pixelrpc.server")
@@ -77,6 +78,32 @@ class JobRunner:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- streams: slots of jobs already admitted (services/streaming.py). Class-level defaults so
+    # that __init__ stays as it is; each instance counts its own.
+    parked = 0  # streaming jobs that gave their slot back while they wait for their client
+    rejoining = 0  # admitted jobs waiting to take a slot again (not counted against queue_depth)
+
+    async def reacquire(self) -> float:
+        """Take a slot for work that was already admitted (a stream resuming, a stream's lane, the
+        caption batcher): wait in line like everyone, never refused. Returns the seconds waited.
+
+        Such work is not counted against ``queue_depth``: it was admitted once, and refusing it now
+        would fail a request half done; its number is bounded by the calls and streams admitted.
+        """
+        start = time.perf_counter()
+        self.rejoining += 1
+        try:
+            await self._sem().acquire()
+        finally:
+            self.rejoining -= 1
+        self.running += 1
+        return time.perf_counter() - start
+
+    @property
+    def contended(self) -> bool:
+        """Someone waits for a slot: work that holds one across many small jobs should hand it over."""
+        return self._waiting > 0 or self.rejoining > 0
 
 
 @dataclass
@@ -214,15 +241,21 @@ class Call:
         finally:
             self._release_after(pending)
 
+    # ---- streams (services/streaming.py): the slot of the streaming job now running, if any
+    _lease: SlotLease | None = None
+
     async def steps(self, make_generator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-        """Step a domain generator in the executor, one job slot for the whole job.
+        """Step a domain generator in the executor, one job slot for the job while it computes.
 
         Between steps it checks the cancel token (client cancel, deadline, shutdown), so a
         cancelled call stops within one step; the generator is then closed and its memory released.
+        In a streaming RPC the next step is computed only when the client has room for the next
+        message: while it waits for its client the job holds no slot (``park``), and it takes one
+        again, waiting in line but never refused, before its next step.
         """
-        jobs = self.ctx.jobs
-        waited = await jobs.acquire()
-        self._account_queue(waited)
+        lease = SlotLease(self)
+        await lease.acquire()
+        self._lease = lease
         gen: Iterator[T] | None = None
         done = object()
         pending: list[asyncio.Future] = []
@@ -234,15 +267,23 @@ class Call:
                 if item is done:
                     return
                 yield item  # type: ignore[misc]
+                await lease.resume()
                 self.cancel.check()
         finally:
-            self._release_after(pending, gen)
+            self._lease = None
+            self._release_after(pending, gen, lease)
 
-    def _release_after(self, pending: list[asyncio.Future], gen=None) -> None:
+    def park(self) -> None:
+        """The stream waits for its client: give the job slot back until the next step (if one is held)."""
+        if self._lease is not None:
+            self._lease.park()
+
+    def _release_after(self, pending: list[asyncio.Future], gen=None, lease: SlotLease | None = None) -> None:
         """Free the job slot (and close ``gen``) now, or once a step still running in a worker returns.
 
         A cancelled call stops awaiting at once, but its worker thread finishes the current step; the
-        slot stays taken until then so ``max_concurrency`` bounds the work actually running.
+        slot stays taken until then so ``max_concurrency`` bounds the work actually running. With a
+        ``lease`` (``steps``) the slot is released only if the job holds it (not parked).
         """
         def finish(future=None):
             if future is not None and not future.cancelled():
@@ -255,7 +296,10 @@ class Call:
                     gen.close()
                 except ValueError:  # still executing in a worker: cannot happen once the step is done
                     log.warning("could not close a generator of %s", self.method)
-            self.ctx.jobs.release()
+            if lease is not None:
+                lease.release()
+            else:
+                self.ctx.jobs.release()
 
         if pending and not pending[-1].done():
             pending[-1].add_done_callback(finish)
@@ -330,8 +374,10 @@ def rpc(method):
     """Wrap a servicer method ``(self, request, call)`` as a grpc.aio handler ``(self, request, context)``.
 
     Unary and request-streaming methods return a response; server- and bidi-streaming methods are
-    async generators. Domain errors become their status code with rich details; anything else
-    becomes INTERNAL with a request id that is also in the server log; the server keeps serving.
+    async generators, whose messages go out under ``send_stream``'s flow control (bounded send
+    window, slot handed back while the client lags, stall limit). Domain errors become their status
+    code with rich details; anything else becomes INTERNAL with a request id that is also in the
+    server log; the server keeps serving.
     """
     is_stream = inspect.isasyncgenfunction(method)
     name = method.__name__
@@ -361,14 +407,11 @@ def rpc(method):
     if is_stream:
         @functools.wraps(method)
         async def stream_wrapper(self, request, context):
+            # A coroutine that writes (not a generator that yields) so that it can time each write:
+            # send_stream bounds the messages computed ahead of the client and ends a stalled stream.
             call, started = await _begin(self, context)
             try:
-                async for item in method(self, request, call):
-                    yield item
-            except GeneratorExit:  # the call ended while the stream was open
-                call.status = grpc.StatusCode.CANCELLED
-                call.cancel.cancel()
-                raise
+                await send_stream(call, method(self, request, call), context)
             except (asyncio.CancelledError, Exception) as exc:  # every error is answered with a status
                 await _answer_error(call, exc)
                 raise

@@ -41,7 +41,10 @@ class Settings:
     worker_threads: int = 2
     torch_threads: int = 0  # 0: leave torch's default
     device: str = ""  # "" -> cuda when available, else cpu
-    queue_depth: int = 16
+    # Calls that may wait for a job slot; more get RESOURCE_EXHAUSTED. A waiting call holds only its
+    # request message (images are decoded when it runs), so a deep queue is cheap and turns bursts of
+    # clients (64 concurrent captioners, issue 10) into waiting instead of refusals.
+    queue_depth: int = 128
     max_concurrency: int = 2
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json"
@@ -63,6 +66,13 @@ class Settings:
     # Mutual TLS: a CA bundle (PEM path); when set, the TLS server requires every client to present a
     # certificate signed by it (needs tls_cert and tls_key).
     tls_client_ca: str = ""
+    # Streams (flow control): a streaming job computes at most stream_send_window messages ahead of
+    # what gRPC has accepted for its client, and gives its job slot back while it waits; a stream
+    # whose client accepts nothing for stream_stall_seconds is ended with ABORTED. A CaptionStream
+    # reads its next item only while fewer than caption_stream_window of its items are in progress.
+    stream_stall_seconds: float = 30.0
+    stream_send_window: int = 2
+    caption_stream_window: int = 32
     extra: dict = field(default_factory=dict)
 
     @property

@@ -50,7 +50,8 @@ def caption_command(inputs, model, beam_width, length_penalty, sample, temperatu
                     stream, timeout, addr, as_json):
     """Caption images (PNG, JPEG, ...) or feature vectors (.npy) with an image captioning RNN/LSTM.
 
-    Several inputs go through one CaptionStream and are printed as their answers arrive.
+    Several inputs go through one CaptionStream, at most 32 in flight (each file is read when its
+    turn comes), and are printed as their answers arrive.
     """
     if sample and beam_width is not None:
         raise CliError("choose --beam or --sample, not both")
