@@ -60,6 +60,9 @@ class Settings:
     max_batch_size: int = 0
     max_batch_delay_ms: float = -1.0
     reflection: bool = True
+    # Readiness: per-service health stays NOT_SERVING until the service's default model (or every model
+    # of ``preload``) is loaded, golden-checked and warmed; ``""`` is liveness only.
+    require_models: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
