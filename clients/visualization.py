@@ -32,7 +32,7 @@ def model_ref(model: str | None) -> common_pb2.ModelRef | None:
     if not model:
         return None
     name, _, version = model.partition(":")
-    if version and not version.isdigit():
+    if version and not (version.isascii() and version.isdigit()):
         raise ValueError(f"invalid model reference {model!r}: expected NAME or NAME:VERSION")
     return common_pb2.ModelRef(name=name, version=int(version or 0))
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from pixelrpc.models.data import shapes
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput
-from pixelrpc.models.registry import load_model
+from pixelrpc.models.registry import golden_files, load_model, run_golden
 
 CLASSIFIER_NAME = "shapes-squeezenet"
 CAPTIONER_NAME = "shapes-captioner"
@@ -977,6 +977,65 @@ class BootstrapReport:
         }
 
 
+# ---------------------------------------------------------------------------------------------------
+# Golden examples published with the default models (checked by the services before they serve)
+
+GOLDEN_EXAMPLES = 4  # examples per model
+GOLDEN_CANDIDATES = 32  # held-out inputs they are picked from
+# Loose enough for CPU/GPU and thread-count rounding, tight enough to catch wrong weights or
+# preprocessing; the top-1 class and the greedy tokens must match exactly, so examples are picked
+# where they are clear-cut.
+GOLDEN_PROBABILITY_TOLERANCE = 0.02
+GOLDEN_LOGPROB_TOLERANCE = 1e-3
+GOLDEN_MIN_MARGIN = 0.2
+
+
+def classifier_golden(model, images: np.ndarray, count: int = GOLDEN_EXAMPLES) -> dict[str, bytes]:
+    """Golden files of the classifier: ``count`` held-out scenes uint8 (N, H, W, 3) as PNGs, with the
+    top-1 class and probabilities the model gives them. Scenes whose top-1 leads the runner-up by at
+    least GOLDEN_MIN_MARGIN come first, so rounding on another device cannot flip the top-1."""
+    import torch
+    from PIL import Image
+
+    from pixelrpc.models.imaging import encode_png
+
+    with torch.inference_mode():
+        probs = model(model_inputs(model, images)).float().softmax(dim=1).cpu().numpy()  # (N, K)
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # (N,)
+    clear = [i for i in range(len(images)) if margin[i] >= GOLDEN_MIN_MARGIN]
+    rest = [i for i in np.argsort(-margin).tolist() if i not in clear]
+    picked = (clear + rest)[:count]
+    files, examples = {}, []
+    for n, i in enumerate(picked):
+        fname = f"golden-{n}.png"
+        files[fname] = encode_png(Image.fromarray(images[i]))
+        examples.append({"name": f"held-out scene {i}", "kind": "classification", "inputs": {"image": fname},
+                         "tolerance": {"probabilities": GOLDEN_PROBABILITY_TOLERANCE}})
+    return golden_files(model, examples, files)
+
+
+def captioner_golden(model, features: np.ndarray, seed: int, count: int = GOLDEN_EXAMPLES) -> dict[str, bytes]:
+    """Golden file of the captioner: ``count`` held-out feature vectors (N, F) with their greedy tokens.
+    Vectors whose greedy caption survives a small perturbation (relative 1e-3) come first, so rounding
+    elsewhere cannot change a token."""
+    from pixelrpc.models.captioning.decoding import greedy
+
+    rng = np.random.default_rng(seed_stream(seed, "captioner-data", 99))
+    stable, rest = [], []
+    for i, f in enumerate(np.asarray(features, dtype=np.float64)):
+        tokens = greedy(model, f).tokens
+        nudged = f * (1.0 + 1e-3 * rng.standard_normal(f.shape))
+        (stable if greedy(model, nudged).tokens == tokens else rest).append(i)
+    examples = [
+        {"name": f"held-out image {i}", "kind": "captioning",
+         "inputs": {"features": [float(x) for x in np.asarray(features[i], dtype=np.float64)], "max_length": 30},
+         "tolerance": {"logprobs": GOLDEN_LOGPROB_TOLERANCE}}
+        for i in (stable + rest)[:count]
+    ]
+    return golden_files(model, examples)
+
+
 def image_model(net, recipe: ClassifierRecipe):
     """The in-memory ``ImageModel`` of a trained net, with the preprocessing its manifest will record."""
     from pixelrpc.models.zoo import ImageModel
@@ -1093,6 +1152,7 @@ class Bootstrap:
             report=report,
             checks=checks,
         )
+        golden = classifier_golden(model, held_out_batch(plan.seed, GOLDEN_CANDIDATES).images)
         manifest = publish_squeezenet(
             self.registry,
             CLASSIFIER_NAME,
@@ -1104,6 +1164,7 @@ class Bootstrap:
             std=recipe.std,
             value_scale=1.0,
             metadata=metadata,
+            extra_files=golden,
         )
         self._check_round_trip(manifest, model, held_out_batch(plan.seed, 8).images)
         self.report.published[CLASSIFIER_NAME] = manifest.ref
@@ -1122,6 +1183,13 @@ class Bootstrap:
                     f"{manifest.ref} does not reproduce the trained network's scores "
                     "after loading it back from the registry"
                 )
+        self._check_golden(manifest, loaded)
+
+    def _check_golden(self, manifest, loaded) -> None:
+        """The published model, loaded back, must pass the golden examples it was published with."""
+        report = run_golden(manifest, loaded, lambda f: self.registry.read_file(manifest, f))
+        if report.state != "passed":
+            raise FailedPrecondition(f"{report.line()} right after publishing it")
 
     def _captioner(self, classifier, check):
         if self.work_dir is not None:
@@ -1159,6 +1227,9 @@ class Bootstrap:
             data_dir, train_features="train_features.h5", val_features="val_features.h5"
         ) as raw:
             report = evaluate_captioner_against_constant(training.model, raw, all_train)
+            val_features = raw.split("val").features
+            golden_rows = np.arange(min(GOLDEN_CANDIDATES, val_features.num_images))
+            golden = captioner_golden(training.model, val_features.read(golden_rows), self.plan.seed)
         self.report.captioner = report
         self.report.seconds["captioner_evaluation"] = round(time.perf_counter() - t0, 2)
         checks = captioner_gates(report, plan.gates)
@@ -1201,8 +1272,9 @@ class Bootstrap:
             CAPTIONER_NAME,
             encoder=classifier,
             metadata=metadata,
-            extra_files={"loss_curve.png": curve},
+            extra_files={"loss_curve.png": curve, **golden},
         )
+        self._check_golden(manifest, load_model(self.registry, manifest, "cpu"))
         self.report.published[CAPTIONER_NAME] = manifest.ref
         yield BootstrapEvent("publish", message=f"published {manifest.ref} (encoder {classifier.ref})")
         return manifest

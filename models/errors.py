@@ -70,6 +70,13 @@ class FailedPrecondition(PixelRPCError):
     """The request is well formed but the system is not in a state to run it (FAILED_PRECONDITION)."""
 
 
+class RegistryUnavailable(PixelRPCError):
+    """The registry folder is gone, unmounted or unreadable (UNAVAILABLE): retry once it is back.
+
+    Models already loaded keep serving; the server recovers without a restart when the folder returns.
+    """
+
+
 class Overloaded(PixelRPCError):
     """The queue is full (RESOURCE_EXHAUSTED)."""
 

@@ -272,11 +272,11 @@ def publish_squeezenet(registry, name: str, net: torch.nn.Module, *, class_names
                        tasks: Sequence[str] = ("classification", "feature-extraction"),
                        input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                        value_scale: float = 1.0, channel_order: str = "RGB",
-                       metadata: Mapping | None = None):
+                       metadata: Mapping | None = None, extra_files: Mapping[str, bytes] | None = None):
     """Publish a SqueezeNet 1.1 (full classifier, or its ``features`` trunk alone) as a new version.
 
     A full model (it has ``.classifier``) needs one class name per output; a bare trunk needs none
-    and should not list the ``classification`` task.
+    and should not list the ``classification`` task. ``extra_files`` adds files (e.g. golden examples).
     """
     from pixelrpc.models.registry.serialization import torch_to_bytes
 
@@ -324,8 +324,8 @@ def publish_squeezenet(registry, name: str, net: torch.nn.Module, *, class_names
     ImageModel(net=torch.nn.Identity(), features=torch.nn.Sequential(), class_names=class_names,
                input_size=meta["input_size"], mean=tuple(meta["mean"]), std=tuple(meta["std"]),
                value_scale=meta["value_scale"], channel_order=channel_order)  # validates the numbers
-    return registry.publish(name, {WEIGHTS_FILE: torch_to_bytes(state)}, tasks=tasks, framework="torch",
-                            metadata=meta)
+    return registry.publish(name, {WEIGHTS_FILE: torch_to_bytes(state), **dict(extra_files or {})},
+                            tasks=tasks, framework="torch", metadata=meta)
 
 
 def imagenet_class_names() -> list[str]:

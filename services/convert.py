@@ -49,7 +49,22 @@ def image_pb_from_pil(img) -> common_pb2.Image:
     return common_pb2.Image(data=encode_png(img), format_hint="png")
 
 
-def model_info(manifest: Manifest, *, loaded: bool, is_default: bool) -> registry_pb2.ModelInfo:
+GOLDEN_STATES = {"none": registry_pb2.GOLDEN_STATE_NONE, "passed": registry_pb2.GOLDEN_STATE_PASSED,
+                 "failed": registry_pb2.GOLDEN_STATE_FAILED}
+
+
+def golden_pb(report) -> registry_pb2.GoldenStatus:
+    """A GoldenReport (None: not run in this process) as a GoldenStatus."""
+    if report is None:
+        return registry_pb2.GoldenStatus()
+    checked = timestamp_pb2.Timestamp()
+    checked.FromNanoseconds(int(report.checked_at * 1e9))
+    return registry_pb2.GoldenStatus(state=GOLDEN_STATES[report.state], examples=report.examples,
+                                     failures=[f[:500] for f in report.failures], checked=checked)
+
+
+def model_info(manifest: Manifest, *, loaded: bool, is_default: bool, golden=None,
+               serving: bool = False) -> registry_pb2.ModelInfo:
     created = timestamp_pb2.Timestamp()
     if manifest.created:
         try:
@@ -62,4 +77,5 @@ def model_info(manifest: Manifest, *, loaded: bool, is_default: bool) -> registr
         name=manifest.name, version=manifest.version, tasks=list(manifest.tasks),
         framework=manifest.framework,
         files=[registry_pb2.ModelFile(name=f.name, sha256=f.sha256, size=f.size) for f in manifest.files],
-        metadata=metadata, created=created, loaded=loaded, sha256=manifest.sha256, is_default=is_default)
+        metadata=metadata, created=created, loaded=loaded, sha256=manifest.sha256, is_default=is_default,
+        golden=golden_pb(golden), serving=serving)

@@ -28,6 +28,7 @@ STATUS_FOR_ERROR: dict[type[E.PixelRPCError], grpc.StatusCode] = {
     E.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     E.ModelCorrupt: grpc.StatusCode.DATA_LOSS,
     E.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    E.RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
     E.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     E.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     E.RegistryConflict: grpc.StatusCode.ALREADY_EXISTS,

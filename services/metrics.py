@@ -27,6 +27,15 @@ class Metrics:
         self.batch_size = Histogram(
             "pixelrpc_batch_size", "Requests decoded together by dynamic batching",
             ["service"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.golden_failures = Counter(
+            "pixelrpc_golden_failures", "Model versions that failed their golden examples after loading "
+            "(not swapped in; the previous default keeps serving)", ["model"], registry=self.registry)
+        self.registry_up = Gauge(
+            "pixelrpc_registry_up", "1 while the registry folder is readable, 0 when it is gone, empty "
+            "after holding models, or unreadable", registry=self.registry)
+        self.service_ready = Gauge(
+            "pixelrpc_service_ready", "1 when the service's required models are loaded and warmed",
+            ["service"], registry=self.registry)
 
     def serve_http(self, port: int, host: str = "127.0.0.1"):
         """Expose /metrics on ``port`` (0 picks a free port). Returns (server, bound_port)."""

@@ -1,18 +1,29 @@
-"""``pixelrpc.v1.ModelRegistry``: a read-only view of the registry, served by every process."""
+"""``pixelrpc.v1.ModelRegistry``: a read-only view of the registry, served by every process.
+
+A broken entry (unreadable folder, manifest that is not a file, corrupt or unsealed manifest) never
+hides the healthy ones: ``ListModels`` lists them and reports the broken ones in ``broken``. An
+unreadable registry root answers UNAVAILABLE. ``GetModel`` adds what this process knows of a version:
+whether it is loaded, whether it serves requests naming no version, and its golden examples' outcome.
+"""
 
 from __future__ import annotations
 
 from pixelrpc.models.errors import InvalidInput, clip
 from pixelrpc.services.convert import model_info
+from pixelrpc.services.errors import status_code_for
 from pixelrpc.services.runtime import Call, ServiceContext, rpc
 from pixelrpc.v1 import registry_pb2, registry_pb2_grpc
 
 SERVICE_NAME = "pixelrpc.v1.ModelRegistry"
+CACHES_KEY = "caches"  # ServiceContext.state: every ModelCache of this process (one per service)
 
 
 class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
+
+    def _caches(self):
+        return self.ctx.state.get(CACHES_KEY) or [self.ctx.cache]
 
     def _info(self, manifest):
         registry = self.ctx.registry
@@ -20,8 +31,14 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             is_default = registry.default_version(manifest.name) == manifest.version
         except Exception:  # noqa: BLE001 - a racing removal only affects the flag
             is_default = False
-        return model_info(manifest, loaded=self.ctx.cache.is_loaded(manifest.name, manifest.version),
-                          is_default=is_default)
+        caches = self._caches()
+        golden = None
+        for cache in caches:
+            golden = golden or cache.golden_status(manifest.name, manifest.version)
+        return model_info(
+            manifest, is_default=is_default, golden=golden,
+            loaded=any(c.is_loaded(manifest.name, manifest.version) for c in caches),
+            serving=any(c.serving_default(manifest.name) == manifest.version for c in caches))
 
     @rpc
     async def ListModels(self, request: registry_pb2.ListModelsRequest, call: Call):
@@ -29,11 +46,14 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         if request.task and tasks and request.task not in tasks:
             raise InvalidInput(f"task {clip(request.task)!r} is not served here (this process serves "
                                f"{', '.join(tasks)})", field="task")
-        manifests = await call.run(self.ctx.registry.list, request.task or None,
-                                   all_versions=request.all_versions)
+        manifests, broken = await call.run(self.ctx.registry.scan, request.task or None,
+                                           all_versions=request.all_versions)
         if tasks:
             manifests = [m for m in manifests if set(m.tasks) & set(tasks)]
-        return registry_pb2.ListModelsResponse(models=[self._info(m) for m in manifests])
+        return registry_pb2.ListModelsResponse(
+            models=[self._info(m) for m in manifests],
+            broken=[registry_pb2.BrokenModel(name=b.name, version=b.version, code=status_code_for(b.error).name,
+                                             reason=b.reason) for b in broken])
 
     @rpc
     async def GetModel(self, request: registry_pb2.GetModelRequest, call: Call):

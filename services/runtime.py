@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pixelrpc.models.errors import CancelToken, InvalidInput, Overloaded, PixelRPCError
+from pixelrpc.models.errors import CancelToken, InvalidInput, Overloaded, PixelRPCError, RegistryUnavailable
 from pixelrpc.models.imaging import decode_image
 from pixelrpc.models.registry import LoadedModel, ModelCache, Registry
 from pixelrpc.services.errors import REQUEST_ID_KEY, abort, status_code_for
@@ -36,6 +36,7 @@ log = logging.getLogger("pixelrpc.server")
 access_log = logging.getLogger("pixelrpc.access")
 T = TypeVar("T")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LAST_DEFAULT_KEY = "last_default"  # ServiceContext.state: task -> the (name, reason) last chosen
 
 
 class JobRunner:
@@ -141,7 +142,19 @@ class ServiceContext:
         if self.settings.default_model:
             return self.settings.default_model, "PIXELRPC_DEFAULT_MODEL"
         prefs = [preferences] if isinstance(preferences, str) else list(preferences or ())
-        available = {m.name for m in self.registry.list(task)}
+        try:
+            available = {m.name for m in self.registry.list(task)}
+        except RegistryUnavailable:  # keep answering with the last resolved default until it is back
+            last = self.state.get(LAST_DEFAULT_KEY, {}).get(task)
+            if last is None:
+                raise
+            return last[0], f"{last[1]}; registry unavailable, last resolved default"
+        choice = self._choose_from(task, prefs, available)
+        self.state.setdefault(LAST_DEFAULT_KEY, {})[task] = choice
+        return choice
+
+    @staticmethod
+    def _choose_from(task: str, prefs: list[str], available: set[str]) -> tuple[str, str]:
         for i, name in enumerate(prefs):
             if name in available:
                 return name, f"preferred default for {task} (choice {i + 1} of {', '.join(prefs)})"

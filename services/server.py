@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pixelrpc.models.errors import PixelRPCError
 from pixelrpc.models.registry import ModelCache, Registry, parse_ref
 from pixelrpc.services import registry_service, server_info
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
@@ -46,6 +47,14 @@ SERVICE_TASKS = {
     "visualization": ("classification",),
     "style": ("feature-extraction",),
 }
+# ServiceContext.state keys the server keeps current for GetServerInfo and the registry service.
+REGISTRY_STATUS_KEY = server_info.REGISTRY_STATUS_KEY
+READINESS_KEY = server_info.READINESS_KEY
+CACHES_KEY = registry_service.CACHES_KEY
+
+
+class PreloadFailed(PixelRPCError):
+    """A model of PIXELRPC_PRELOAD could not be loaded: the server does not start (exit code 1)."""
 
 
 def _service_module(name: str):
@@ -76,6 +85,10 @@ class PixelServer:
         self._metrics_http = None
         self._watcher: asyncio.Task | None = None
         self._stopped = asyncio.Event()
+        self._preloaded = False
+        self._ready: dict[str, bool] = {}
+        self._not_ready: dict[str, str] = {}
+        self._registry_status = None
 
     @property
     def address(self) -> str:
@@ -87,41 +100,159 @@ class PixelServer:
             await self.health.set(name, status)
 
     async def start(self) -> None:
+        """Start answering, then make each service ready.
+
+        Health names: ``""`` is liveness (SERVING once the port answers, until shutdown); each service's
+        full name is readiness (SERVING once its models are loaded and warmed: every ``preload`` model,
+        and with ``require_models`` the service's default model); ``pixelrpc.v1.ModelRegistry`` says
+        whether the registry folder is readable. A preload that fails stops the server and raises
+        ``PreloadFailed`` (one line, for the CLI to print).
+        """
         await self.set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc_server.start()
-        if self.settings.metrics_port > 0:
-            self._metrics_http, self.metrics_port = next(iter(self.contexts.values())).metrics.serve_http(
-                self.settings.metrics_port, self.settings.host)
-        await self._preload()
-        await self.set_status(health_pb2.HealthCheckResponse.SERVING)
-        self._watcher = asyncio.create_task(self._watch_defaults())
+        try:
+            if self.settings.metrics_port > 0:
+                self._metrics_http, self.metrics_port = self._metrics().serve_http(
+                    self.settings.metrics_port, self.settings.host)
+            await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            await self._check_registry()
+            await self._preload()
+        except BaseException:
+            await self._abort()
+            raise
+        for svc in self.contexts:
+            await self._make_ready(svc)
+        self._watcher = asyncio.create_task(self._watch())
         log.info("serving %s on %s%s", ", ".join(self.service_names), self.address,
                  f" (metrics on :{self.metrics_port})" if self.metrics_port else "")
 
+    def _metrics(self) -> Metrics:
+        return next(iter(self.contexts.values())).metrics
+
+    async def _abort(self) -> None:
+        await self.grpc_server.stop(0)
+        for ctx in self.contexts.values():
+            ctx.jobs.shutdown()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http = None
+        self._stopped.set()
+
     async def _preload(self) -> None:
+        """Load and warm every ``preload`` model in every service; all failures in one error."""
         refs = [r.strip() for r in self.settings.preload.split(",") if r.strip()]
         loop = asyncio.get_running_loop()
+        failures = []
         for ref in refs:
-            name, version = parse_ref(ref)
-            for svc, ctx in self.contexts.items():
-                loaded = await loop.run_in_executor(ctx.jobs.executor, ctx.cache.get, name, version)
-                warmup = getattr(self.modules.get(svc), "warmup", None)
-                if warmup is not None and set(loaded.manifest.tasks) & set(ctx.tasks):
-                    await loop.run_in_executor(ctx.jobs.executor, warmup, ctx, loaded)
-                log.info("preloaded %s for %s in %.2fs", loaded.manifest.ref, svc, loaded.load_seconds)
+            label = ref if ref.isprintable() else repr(ref)  # the error stays one line
+            try:
+                name, version = parse_ref(ref)
+                for svc, ctx in self.contexts.items():
+                    loaded = await loop.run_in_executor(ctx.jobs.executor, ctx.cache.get, name, version)
+                    await loop.run_in_executor(ctx.jobs.executor, self._warm, svc, loaded)
+                    log.info("preloaded %s for %s in %.2fs", loaded.manifest.ref, svc, loaded.load_seconds)
+            except PixelRPCError as exc:
+                failures.append(f"{label}: {exc.message}")
+            except Exception as exc:  # noqa: BLE001 - a loader's own error still gets one clear line
+                failures.append(f"{label}: {type(exc).__name__}: {exc}")
+        if failures:
+            text = "; ".join(failures).replace("\n", " ")
+            raise PreloadFailed(f"preload failed (PIXELRPC_PRELOAD): {text}")
+        self._preloaded = bool(refs)
 
-    async def _watch_defaults(self) -> None:
-        """Load newly published default versions of loaded models in the background, then swap."""
+    def _warm(self, svc: str, loaded) -> None:
+        """Warm ``loaded`` for ``svc`` (its module's ``warmup``), and load the encoder it pins."""
+        ctx = self.contexts[svc]
+        warmup = getattr(self.modules.get(svc), "warmup", None)
+        if warmup is not None and set(loaded.manifest.tasks) & set(ctx.tasks):
+            warmup(ctx, loaded)
+        pin = loaded.manifest.metadata.get("encoder")
+        if isinstance(pin, dict) and pin.get("name"):
+            ctx.cache.get(str(pin["name"]), int(pin.get("version") or 0))
+
+    def _load_default(self, svc: str) -> str:
+        """Load and warm the model ``svc`` answers requests naming none with; returns its ref."""
+        ctx = self.contexts[svc]
+        prefs = getattr(self.modules.get(svc), "DEFAULT_MODELS", ())
+        name, _reason = ctx.choose_default(ctx.tasks[0], prefs)
+        loaded = ctx.cache.get(name, 0)
+        self._warm(svc, loaded)
+        return loaded.manifest.ref
+
+    async def _make_ready(self, svc: str) -> bool:
+        """Set ``svc``'s readiness: at once, or once its default model is loaded (``require_models``)."""
+        if self._ready.get(svc):
+            return True
+        full = FULL_NAMES[svc]
+        if full not in self.service_names:
+            return False  # that service is not part of this build
+        ready, reason = True, ""
+        if self.settings.require_models and not self._preloaded:
+            loop = asyncio.get_running_loop()
+            ctx = self.contexts[svc]
+            try:
+                ref = await loop.run_in_executor(ctx.jobs.executor, self._load_default, svc)
+                log.info("%s is ready: %s loaded and warmed", full, ref)
+            except Exception as exc:  # noqa: BLE001 - stay NOT_SERVING and retry
+                ready = False
+                reason = exc.message if isinstance(exc, PixelRPCError) else f"{type(exc).__name__}: {exc}"
+                if self._not_ready.get(svc) != reason:
+                    log.warning("%s is not ready (PIXELRPC_REQUIRE_MODELS): %s; retrying every %.1fs",
+                                full, reason, self._tick())
+        self._ready[svc] = ready
+        self._not_ready[svc] = reason
+        self._metrics().service_ready.labels(svc).set(1 if ready else 0)
+        await self.health.set(full, health_pb2.HealthCheckResponse.SERVING if ready
+                              else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._publish_state()
+        return ready
+
+    def _tick(self) -> float:
+        return max(0.2, self.settings.registry_refresh_seconds)
+
+    async def _check_registry(self) -> None:
+        """Registry health: ``pixelrpc.v1.ModelRegistry`` is NOT_SERVING while the folder is away."""
+        registry = next(iter(self.contexts.values())).registry
+        status = await asyncio.get_running_loop().run_in_executor(None, registry.status)
+        before = self._registry_status
+        self._registry_status = status
+        if before is None or before.state != status.state:
+            if not status.healthy and status.state != "absent":
+                log.warning("registry degraded (%s): %s", status.state, status.message)
+            elif before is not None and not before.healthy and status.healthy:
+                log.info("registry %s is back: recovered", registry.root)
+        self._metrics().registry_up.set(1 if status.healthy else 0)
+        await self.health.set(registry_service.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING
+                              if status.healthy else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        """What GetServerInfo reports: the registry's state and each service's readiness."""
+        for ctx in self.contexts.values():
+            ctx.state[REGISTRY_STATUS_KEY] = self._registry_status
+            ctx.state[READINESS_KEY] = {FULL_NAMES[s]: (self._ready.get(s, False), self._not_ready.get(s, ""))
+                                        for s in self.contexts if FULL_NAMES[s] in self.service_names}
+
+    async def _watch(self) -> None:
+        """Every refresh interval: registry health, readiness of services still waiting for their
+        models, and the new default versions of loaded models (loaded in the background, then swapped)."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(max(0.2, self.settings.registry_refresh_seconds))
+            await asyncio.sleep(self._tick())
+            try:
+                await self._check_registry()
+                for svc in self.contexts:
+                    if not self._ready.get(svc):
+                        await self._make_ready(svc)
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("registry watcher")
             for ctx in self.contexts.values():
                 names = {m.manifest.name for m in ctx.cache.loaded()}
                 for name in names:
                     try:
                         await loop.run_in_executor(ctx.jobs.executor, ctx.cache.get, name, 0)
                     except Exception as exc:  # noqa: BLE001 - keep serving the old version
-                        log.warning("could not load the new default of %s: %s", name, exc)
+                        log.debug("could not load the new default of %s: %s", name, exc)
 
     async def stop(self, grace: float | None = None) -> None:
         """Announce NOT_SERVING, give load balancers ``shutdown_delay``, then drain for ``grace``."""
@@ -198,7 +329,9 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
         cache = ModelCache(registry, max_models=settings.model_cache_size,
                            refresh_seconds=settings.registry_refresh_seconds, device=device,
                            device_is_explicit=bool(settings.device),
-                           on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s))
+                           on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s),
+                           on_golden=lambda m, r: (metrics.golden_failures.labels(m.ref).inc()
+                                                   if r.state == "failed" else None))
         jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,
                              metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served)
@@ -211,6 +344,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     first = next(iter(contexts.values()))
     if len(contexts) > 1:  # one process serving several services lists the union of their tasks
         first = ServiceContext(**{**first.__dict__, "tasks": tuple(t for c in contexts.values() for t in c.tasks)})
+    first.state[CACHES_KEY] = [c.cache for c in contexts.values()]
     registry_service.add_to_server(server, first)
     server_info.add_to_server(server, first)
     health_names = [FULL_NAMES[n] for n in services if modules.get(n) is not None]
@@ -249,7 +383,11 @@ async def serve(plans: Sequence[tuple[str, Settings]]) -> int:
     servers = []
     for name, settings in plans:
         server, _port = await create_server([name], settings)
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            await asyncio.gather(*(s.stop(0) for s in servers), return_exceptions=True)
+            raise
         servers.append(server)
         print(f"pixelrpc {name} listening on {server.address}", flush=True)
     return await serve_until_signal(servers)

@@ -9,6 +9,9 @@ from pixelrpc.services.runtime import Call, ServiceContext, rpc
 from pixelrpc.v1 import server_pb2, server_pb2_grpc
 
 SERVICE_NAME = "pixelrpc.v1.ServerInfo"
+# ServiceContext.state keys the server keeps current (services/server.py)
+REGISTRY_STATUS_KEY = "registry_status"
+READINESS_KEY = "readiness"
 
 
 def package_version() -> str:
@@ -31,7 +34,19 @@ class ServerInfoServicer(server_pb2_grpc.ServerInfoServicer):
             max_image_side=s.max_image_side, queue_depth=s.queue_depth, max_concurrency=s.max_concurrency)
         return server_pb2.GetServerInfoResponse(
             version=package_version(), services=list(self.ctx.services), device=self.ctx.device,
-            limits=limits, auth_required=bool(s.auth_token), tls=bool(s.tls_cert), meta=call.meta())
+            limits=limits, auth_required=bool(s.auth_token), tls=bool(s.tls_cert), meta=call.meta(),
+            registry=self._registry_status(), readiness=self._readiness())
+
+    def _registry_status(self) -> server_pb2.RegistryStatus:
+        """The registry's state as the server's watcher last saw it (every registry_refresh_seconds)."""
+        status = self.ctx.state.get(REGISTRY_STATUS_KEY)
+        if status is None:
+            return server_pb2.RegistryStatus()
+        return server_pb2.RegistryStatus(state=status.state, healthy=status.healthy, message=status.message)
+
+    def _readiness(self) -> list[server_pb2.ServiceReadiness]:
+        return [server_pb2.ServiceReadiness(service=name, ready=ready, reason=reason[:500])
+                for name, (ready, reason) in sorted((self.ctx.state.get(READINESS_KEY) or {}).items())]
 
     @rpc
     async def DescribeImage(self, request: server_pb2.DescribeImageRequest, call: Call):

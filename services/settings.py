@@ -73,6 +73,9 @@ class Settings:
     stream_stall_seconds: float = 30.0
     stream_send_window: int = 2
     caption_stream_window: int = 32
+    # Readiness: per-service health stays NOT_SERVING until the service's default model (or every model
+    # of ``preload``) is loaded, golden-checked and warmed; ``""`` is liveness only.
+    require_models: bool = False
     extra: dict = field(default_factory=dict)
 
     @property

@@ -253,13 +253,13 @@ def test_unexpected_exception_is_internal_with_request_id_and_server_keeps_servi
 
     with running_server(["captioning"], FAST, registry=reg) as srv, ServiceClient(srv.address) as c:
         caplog.set_level(logging.INFO)
-        original = reg.list
-        reg.list = boom
+        original = reg.scan
+        reg.scan = boom  # ListModels reads the registry with scan (models and broken entries)
         try:
             with pytest.raises(Exception) as err:
                 c.registry.list()
         finally:
-            reg.list = original
+            reg.scan = original
         assert err.value.code == grpc.StatusCode.INTERNAL
         rid = err.value.request_id
         assert rid and rid in err.value.details

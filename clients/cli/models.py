@@ -49,16 +49,20 @@ def list_command(registry, addr, task, all_versions, as_json):
 
         with ServiceClient(addr, **client_kwargs()) as c:
             rows = [m.to_json() for m in c.registry.list(task=task, all_versions=all_versions)]
+        broken = []
     else:
         reg = open_registry(registry)
         rows = []
-        for m in reg.list(task or None, all_versions=all_versions):
+        manifests, broken = reg.scan(task or None, all_versions=all_versions)
+        for m in manifests:
             row = manifest_json(m)
             row["default"] = reg.default_version(m.name) == m.version
             rows.append(row)
     if as_json:
         emit_json(rows)
         return
+    for b in broken:
+        click.echo(f"broken: {b.ref}: {b.reason}", err=True)
     if not rows:
         click.echo("no models; add some with 'pixelrpc models bootstrap' or 'pixelrpc models import ...'")
         return
@@ -91,32 +95,128 @@ def show_command(ref, registry, as_json):
         click.echo(f"  {key}: {text if len(text) < 100 else text[:97] + '...'}")
 
 
+def _problem(exc) -> str:
+    """A short label for why an entry failed verification."""
+    from pixelrpc.models.errors import FailedPrecondition, ModelCorrupt, RegistryUnavailable
+    from pixelrpc.models.registry import GoldenFailed
+
+    if isinstance(exc, GoldenFailed):
+        return "GOLDEN FAILED"
+    if isinstance(exc, ModelCorrupt):
+        return "CORRUPT"
+    if isinstance(exc, RegistryUnavailable):
+        return "UNAVAILABLE"
+    if isinstance(exc, FailedPrecondition):
+        return "INVALID"
+    return "ERROR"
+
+
 @models_group.command("verify")
 @click.argument("refs", nargs=-1)
 @registry_option
+@click.option("--golden", is_flag=True, help="also load each model and run its golden examples")
+@click.option("--device", default="cpu", show_default=True, help="device for --golden")
 @json_option
-def verify_command(refs, registry, as_json):
-    """Check every file's sha256 (all models, or the given NAME[:VERSION])."""
+def verify_command(refs, registry, golden, device, as_json):
+    """Check every manifest and file (all versions of all models, or the given NAME[:VERSION]).
+
+    With no arguments every entry of the registry is checked, broken ones included (unreadable
+    folders, manifests that are not files, corrupt or unsealed manifests, invalid names); any
+    problem exits non-zero. --golden also runs each version's golden examples.
+    """
     from pixelrpc.models.errors import PixelRPCError
-    from pixelrpc.models.registry import parse_ref
+    from pixelrpc.models.registry import GoldenFailed, load_model, parse_ref, run_golden
 
     reg = open_registry(registry)
-    targets = [reg.resolve(*parse_ref(r)) for r in refs] if refs else reg.list(all_versions=True)
-    results, bad = [], 0
+    results: list[dict] = []
+    targets = []
+    if refs:
+        for ref in refs:
+            try:
+                targets.append(reg.resolve(*parse_ref(ref)))
+            except PixelRPCError as exc:
+                results.append({"model": ref, "ok": False, "problem": _problem(exc), "error": exc.message})
+    else:
+        targets, broken = reg.scan(all_versions=True)
+        results += [{"model": b.ref, "ok": False, "problem": _problem(b.error), "error": b.reason} for b in broken]
     for m in targets:
+        row: dict = {"model": m.ref, "ok": True}
         try:
             reg.verify(m)
-            results.append({"model": m.ref, "ok": True})
+            if golden:
+                report = run_golden(m, load_model(reg, m, device), lambda f, m=m: reg.read_file(m, f))
+                row["golden"] = report.to_json()
+                if not report.passed:
+                    raise GoldenFailed(report)
         except PixelRPCError as exc:
-            bad += 1
-            results.append({"model": m.ref, "ok": False, "error": exc.message})
+            row.update(ok=False, problem=_problem(exc), error=exc.message)
+        results.append(row)
+    results.sort(key=lambda r: r["model"])
+    bad = sum(not r["ok"] for r in results)
     if as_json:
         emit_json(results)
     else:
         for r in results:
-            click.echo(f"{r['model']:<32} {'ok' if r['ok'] else 'CORRUPT: ' + r['error']}")
+            if r["ok"]:
+                g = r.get("golden")
+                note = "" if g is None else (f" (golden: {g['examples']} passed)" if g["state"] == "passed"
+                                             else " (no golden examples)")
+                click.echo(f"{r['model']:<32} ok{note}")
+            else:
+                click.echo(f"{r['model']:<32} {r['problem']}: {r['error']}")
     if bad:
-        raise CliError(f"{bad} model(s) failed verification")
+        raise CliError(f"{bad} registry entr{'y' if bad == 1 else 'ies'} failed verification")
+
+
+@models_group.command("gc")
+@registry_option
+@click.option("--grace", type=float, default=None, metavar="SECONDS",
+              help="only what is older than this (default 600); a live publisher's folder is never removed")
+@click.option("--dry-run", is_flag=True, help="list what would be removed")
+@json_option
+def gc_command(registry, grace, dry_run, as_json):
+    """Remove staging folders of killed publishers and leftovers of interrupted removals."""
+    reg = open_registry(registry)
+    removed = reg.clean_staging(grace, dry_run=dry_run)
+    if as_json:
+        emit_json({"removed": removed, "dry_run": dry_run})
+        return
+    for name in removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {reg.root / name}")
+    if not removed:
+        click.echo("nothing to clean")
+
+
+@models_group.command("seal")
+@click.argument("refs", nargs=-1)
+@registry_option
+def seal_command(refs, registry):
+    """Seal manifests written before PixelRPC sealed them (all versions, or NAME[:VERSION]).
+
+    A manifest is sealed (given its digest) only after every file matches its sha256; a manifest
+    sealed already is left alone, and a corrupt one is never sealed.
+    """
+    from pixelrpc.models.errors import PixelRPCError
+    from pixelrpc.models.registry import parse_ref
+
+    reg = open_registry(registry)
+    if refs:
+        targets = []
+        for ref in refs:
+            name, version = parse_ref(ref)
+            targets.append((name, version or reg.default_version(name)))
+    else:
+        targets = [(n, v) for n in reg.names() for v in reg.versions(n)]
+    bad = 0
+    for name, version in targets:
+        try:
+            sealed = reg.seal(name, version)
+            click.echo(f"{name}:{version:<6} {'sealed' if sealed else 'already sealed'}")
+        except PixelRPCError as exc:
+            bad += 1
+            click.echo(f"{name}:{version:<6} NOT SEALED: {exc.message}")
+    if bad:
+        raise CliError(f"{bad} manifest(s) could not be sealed")
 
 
 @models_group.command("remove")

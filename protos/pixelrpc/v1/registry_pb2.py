@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pixelrpc.v1 import common_pb2 as pixelrpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apixelrpc/v1/registry.proto\x12\x0bpixelrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pixelrpc/v1/common.proto\"7\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.pixelrpc.v1.ModelInfo\"7\n\x0fGetModelRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.pixelrpc.v1.ModelInfo\"7\n\tModelFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xbd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x11\n\tframework\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.pixelrpc.v1.ModelFile\x12\x36\n\x08metadata\x18\x06 \x03(\x0b\x32$.pixelrpc.v1.ModelInfo.MetadataEntry\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06loaded\x18\x08 \x01(\x08\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nis_default\x18\n \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa7\x01\n\rModelRegistry\x12M\n\nListModels\x12\x1e.pixelrpc.v1.ListModelsRequest\x1a\x1f.pixelrpc.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.pixelrpc.v1.GetModelRequest\x1a\x1d.pixelrpc.v1.GetModelResponseB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apixelrpc/v1/registry.proto\x12\x0bpixelrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pixelrpc/v1/common.proto\"7\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\"f\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.pixelrpc.v1.ModelInfo\x12(\n\x06\x62roken\x18\x02 \x03(\x0b\x32\x18.pixelrpc.v1.BrokenModel\"J\n\x0b\x42rokenModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x88\x01\n\x0cGoldenStatus\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.pixelrpc.v1.GoldenState\x12\x10\n\x08\x65xamples\x18\x02 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x03 \x03(\t\x12+\n\x07\x63hecked\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x0fGetModelRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.pixelrpc.v1.ModelInfo\"7\n\tModelFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xf9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x11\n\tframework\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.pixelrpc.v1.ModelFile\x12\x36\n\x08metadata\x18\x06 \x03(\x0b\x32$.pixelrpc.v1.ModelInfo.MetadataEntry\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06loaded\x18\x08 \x01(\x08\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nis_default\x18\n \x01(\x08\x12)\n\x06golden\x18\x0b \x01(\x0b\x32\x19.pixelrpc.v1.GoldenStatus\x12\x0f\n\x07serving\x18\x0c \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*t\n\x0bGoldenState\x12\x1c\n\x18GOLDEN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11GOLDEN_STATE_NONE\x10\x01\x12\x17\n\x13GOLDEN_STATE_PASSED\x10\x02\x12\x17\n\x13GOLDEN_STATE_FAILED\x10\x03\x32\xa7\x01\n\rModelRegistry\x12M\n\nListModels\x12\x1e.pixelrpc.v1.ListModelsRequest\x1a\x1f.pixelrpc.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.pixelrpc.v1.GetModelRequest\x1a\x1d.pixelrpc.v1.GetModelResponseB\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_GOLDENSTATE']._serialized_start=1031
+  _globals['_GOLDENSTATE']._serialized_end=1147
   _globals['_LISTMODELSREQUEST']._serialized_start=102
   _globals['_LISTMODELSREQUEST']._serialized_end=157
   _globals['_LISTMODELSRESPONSE']._serialized_start=159
-  _globals['_LISTMODELSRESPONSE']._serialized_end=219
-  _globals['_GETMODELREQUEST']._serialized_start=221
-  _globals['_GETMODELREQUEST']._serialized_end=276
-  _globals['_GETMODELRESPONSE']._serialized_start=278
-  _globals['_GETMODELRESPONSE']._serialized_end=335
-  _globals['_MODELFILE']._serialized_start=337
-  _globals['_MODELFILE']._serialized_end=392
-  _globals['_MODELINFO']._serialized_start=395
-  _globals['_MODELINFO']._serialized_end=712
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=665
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=712
-  _globals['_MODELREGISTRY']._serialized_start=715
-  _globals['_MODELREGISTRY']._serialized_end=882
+  _globals['_LISTMODELSRESPONSE']._serialized_end=261
+  _globals['_BROKENMODEL']._serialized_start=263
+  _globals['_BROKENMODEL']._serialized_end=337
+  _globals['_GOLDENSTATUS']._serialized_start=340
+  _globals['_GOLDENSTATUS']._serialized_end=476
+  _globals['_GETMODELREQUEST']._serialized_start=478
+  _globals['_GETMODELREQUEST']._serialized_end=533
+  _globals['_GETMODELRESPONSE']._serialized_start=535
+  _globals['_GETMODELRESPONSE']._serialized_end=592
+  _globals['_MODELFILE']._serialized_start=594
+  _globals['_MODELFILE']._serialized_end=649
+  _globals['_MODELINFO']._serialized_start=652
+  _globals['_MODELINFO']._serialized_end=1029
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=982
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1029
+  _globals['_MODELREGISTRY']._serialized_start=1150
+  _globals['_MODELREGISTRY']._serialized_end=1317
 # @@protoc_insertion_point(module_scope)

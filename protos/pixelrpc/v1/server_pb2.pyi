@@ -30,7 +30,7 @@ class Limits(_message.Message):
     def __init__(self, max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_image_side: _Optional[int] = ..., queue_depth: _Optional[int] = ..., max_concurrency: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "services", "device", "limits", "auth_required", "tls", "meta")
+    __slots__ = ("version", "services", "device", "limits", "auth_required", "tls", "meta", "registry", "readiness")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class GetServerInfoResponse(_message.Message):
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    READINESS_FIELD_NUMBER: _ClassVar[int]
     version: str
     services: _containers.RepeatedScalarFieldContainer[str]
     device: str
@@ -45,7 +47,29 @@ class GetServerInfoResponse(_message.Message):
     auth_required: bool
     tls: bool
     meta: _common_pb2.ResponseMeta
-    def __init__(self, version: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., meta: _Optional[_Union[_common_pb2.ResponseMeta, _Mapping]] = ...) -> None: ...
+    registry: RegistryStatus
+    readiness: _containers.RepeatedCompositeFieldContainer[ServiceReadiness]
+    def __init__(self, version: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., meta: _Optional[_Union[_common_pb2.ResponseMeta, _Mapping]] = ..., registry: _Optional[_Union[RegistryStatus, _Mapping]] = ..., readiness: _Optional[_Iterable[_Union[ServiceReadiness, _Mapping]]] = ...) -> None: ...
+
+class RegistryStatus(_message.Message):
+    __slots__ = ("state", "healthy", "message")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    healthy: bool
+    message: str
+    def __init__(self, state: _Optional[str] = ..., healthy: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ServiceReadiness(_message.Message):
+    __slots__ = ("service", "ready", "reason")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    ready: bool
+    reason: str
+    def __init__(self, service: _Optional[str] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DescribeImageRequest(_message.Message):
     __slots__ = ("image",)
