@@ -76,7 +76,7 @@ def test_a_failed_preload_exits_non_zero_with_one_clear_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     (line,) = lines
     assert "Traceback" not in proc.stderr and line.startswith("error: preload failed")
-    assert "no-such-model: model 'no-such-model' is not in the registry" in line
+    assert "no-such-model: model 'no-such-model' is not in the model registry" in line
     assert "broken-captioner: model broken-captioner:1: file 'params.safetensors' does not match" in line
     assert "listening" not in proc.stdout
 
