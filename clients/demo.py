@@ -91,6 +91,24 @@ class Summary:
             print(f"  {step:<{widths[0]}}  {model:<{widths[1]}}  {result:<{widths[2]}}  {seconds:7.1f}")
 
 
+def seal_legacy(registry, names) -> None:
+    """Seal the demo's own models left by an older PixelRPC (manifests without a digest).
+
+    The services refuse unsealed manifests (FAILED_PRECONDITION, pointing at ``pixelrpc models seal``);
+    the demo does that step for the registry it manages, and ``Registry.seal`` seals only a version
+    whose every file still matches its sha256. A corrupt version is reported and left as it is.
+    """
+    from pixelrpc.models.errors import PixelRPCError
+
+    for name in names:
+        for version in registry.versions(name):
+            try:
+                if registry.seal(name, version):
+                    print(f"  sealed {name}:{version} (manifest written by an older PixelRPC)")
+            except PixelRPCError as exc:
+                print(f"  {name}:{version} left unsealed: {exc.message}")
+
+
 def ensure_models(registry, *, quick: bool, threads: int) -> dict:
     """Bootstrap what is missing and import the Caffe trunk if the shared data has it."""
     import torch
@@ -99,6 +117,7 @@ def ensure_models(registry, *, quick: bool, threads: int) -> dict:
     from pixelrpc.models.bootstrap import CAPTIONER_NAME, CLASSIFIER_NAME, FULL, QUICK, Bootstrap
 
     info = {"bootstrap": None, "caffe": None}
+    seal_legacy(registry, (CLASSIFIER_NAME, CAPTIONER_NAME, CAFFE_NAME))
     missing = [n for n in (CLASSIFIER_NAME, CAPTIONER_NAME) if not registry.versions(n)]
     if missing:
         plan = QUICK if quick else FULL
