@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 
 from pixelrpc.models.errors import ModelCorrupt
-from pixelrpc.models.registry.store import Manifest
+from pixelrpc.models.registry.manifest import Manifest
 
 Reader = Callable[[str], bytes]
 Loader = Callable[[Manifest, Reader, str], object]
