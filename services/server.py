@@ -24,7 +24,7 @@ from pixelrpc.models.registry import ModelCache, Registry, parse_ref
 from pixelrpc.services import registry_service, server_info
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
-from pixelrpc.services.runtime import JobRunner, ServiceContext
+from pixelrpc.services.runtime import JobRunner, PixelBudget, ServiceContext
 from pixelrpc.services.settings import Settings
 
 log = logging.getLogger("pixelrpc.server")
@@ -221,6 +221,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     contexts: dict[str, ServiceContext] = {}
     modules: dict[str, object] = {}
     served = [registry_service.SERVICE_NAME, server_info.SERVICE_NAME]
+    pixels = PixelBudget(settings.max_pixels_in_flight)  # one decoded-pixel budget per server
     for name in services:
         if name not in SERVICE_MODULES:
             raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
@@ -232,7 +233,8 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
                            on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s))
         jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,
-                             metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served)
+                             metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served,
+                             pixels=pixels)
         contexts[name] = ctx
         if module is not None:
             module.add_to_server(server, ctx)
