@@ -1,4 +1,8 @@
-"""``pixelrpc.v1.ModelRegistry``: a read-only view of the registry, served by every process."""
+"""``pixelrpc.v1.ModelRegistry``: a read-only view of the registry, served by every process.
+
+Registry reads run on the control executor (``call.control``): they never take a job slot, so they
+answer while inference keeps every slot busy.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         if request.task and tasks and request.task not in tasks:
             raise InvalidInput(f"task {request.task!r} is not served here (this process serves "
                                f"{', '.join(tasks)})", field="task")
-        manifests = await call.run(self.ctx.registry.list, request.task or None,
+        manifests = await call.control(self.ctx.registry.list, request.task or None,
                                    all_versions=request.all_versions)
         if tasks:
             manifests = [m for m in manifests if set(m.tasks) & set(tasks)]
@@ -39,7 +43,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     async def GetModel(self, request: registry_pb2.GetModelRequest, call: Call):
         if not request.model.name:
             raise InvalidInput("model.name is required", field="model.name")
-        manifest = await call.run(self.ctx.registry.resolve, request.model.name, request.model.version)
+        manifest = await call.control(self.ctx.registry.resolve, request.model.name, request.model.version)
         return registry_pb2.GetModelResponse(model=self._info(manifest))
 
 
