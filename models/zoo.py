@@ -26,6 +26,15 @@ import torch
 from PIL import Image
 
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt
+from pixelrpc.models.imaging import (
+    ImageHeader,
+    ImageLimits,
+    WorkingPlan,
+    check_geometry,
+    plan_working,
+    resize_to,
+    working_box,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,12 +109,15 @@ class ImageModel:
 
     # ------------------------------------------------------------------ pixels <-> tensors
     def preprocess(self, images: Sequence[Image.Image], size: int | None = None, *,
-                   crop: bool = True) -> torch.Tensor:
+                   crop: bool = True, limits: ImageLimits | None = None) -> torch.Tensor:
         """Turn PIL images into the normalised batch the network expects.
 
         Each image is resized so its shorter side is ``size`` (default ``input_size``) and, when
-        ``crop`` is true, centre-cropped to ``size`` x ``size``. With ``crop=False`` the aspect ratio
-        is kept, so every image must come out the same size to form a batch.
+        ``crop`` is true, centre-cropped to ``size`` x ``size``; only the cropped region is resampled
+        (``imaging.working_box``), so the working tensor is S x S whatever the image's shape. With
+        ``crop=False`` the aspect ratio is kept, so every image must come out the same size to form a
+        batch. Images beyond ``limits`` (aspect ratio, upscale, working size; default
+        ``ImageLimits()``) are refused before anything is allocated.
 
         Inputs:
         - images: N PIL images of any mode and size.
@@ -118,7 +130,8 @@ class ImageModel:
         side = int(size or self.input_size)
         if side < 8:
             raise InvalidInput(f"image size must be at least 8 pixels, got {side}", field="size")
-        arrays = [_resize_to_tensor(img, side, crop) for img in images]
+        limits = limits or ImageLimits()
+        arrays = [_resize_to_tensor(img, side, crop, limits) for img in images]
         shapes = {tuple(a.shape) for a in arrays}
         if len(shapes) != 1:
             raise InvalidInput(f"images resized to different shapes {sorted(shapes)}; use crop=True to batch them")
@@ -127,6 +140,14 @@ class ImageModel:
             x = x.flip(1)
         mean, std = self._channel_stats()
         return (x * self.value_scale - mean) / std
+
+    def plan_input(self, header: ImageHeader, limits: ImageLimits) -> WorkingPlan:
+        """How an encoded image becomes this model's input (``preprocess``), decided from its header.
+
+        ``imaging.decode_working`` with this plan gives the S x S RGB image ``preprocess`` would have
+        made from the decoded image, without ever holding more than the decoder's buffer.
+        """
+        return plan_working(header, self.input_size, crop=True, resample=Image.Resampling.BICUBIC, limits=limits)
 
     def deprocess(self, x: torch.Tensor) -> list[Image.Image]:
         """Inverse of ``preprocess`` (without the resize), clamped to valid pixels.
@@ -168,19 +189,18 @@ class ImageModel:
         return self.net(x)
 
 
-def _resize_to_tensor(img: Image.Image, side: int, crop: bool) -> torch.Tensor:
+def _resize_to_tensor(img: Image.Image, side: int, crop: bool, limits: ImageLimits) -> torch.Tensor:
     """One PIL image -> (3, H, W) float32 RGB in [0, 1], shorter side ``side`` (centre crop if asked)."""
     import numpy as np
 
-    img = img.convert("RGB")
     w, h = img.size
-    scale = side / min(w, h)
-    new_w, new_h = max(side, round(w * scale)), max(side, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BICUBIC)
-    if crop:
-        left, top = (new_w - side) // 2, (new_h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
+    check_geometry(w, h, side, limits)
+    geometry = working_box(w, h, side, crop)
+    out = geometry.size
+    if out[0] * out[1] > limits.max_pixels:
+        raise InvalidInput(f"the image is {w}x{h}: preprocess would make {out[0]}x{out[1]} pixels, over "
+                           f"{limits.max_pixels:,} (max_image_pixels)", field="images")
+    img = resize_to(img, geometry, Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
 

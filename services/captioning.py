@@ -1,8 +1,10 @@
 """``pixelrpc.v1.CaptioningService``: captions from images or feature vectors, batched across callers.
 
 A request is planned first (model, options, input -> one feature vector): a feature vector is
-checked against the captioner's input dimension; an image is decoded with the server's limits and
-run through the captioner's pinned encoder in the bounded executor. Decoding then goes through the
+checked against the captioner's input dimension; an image is checked from its header against the
+server's limits (``call.admit_images``), then decoded straight to the encoder's input size and run
+through the captioner's pinned encoder in one job slot. Models are resolved on the control executor,
+so planning never waits behind inference. Decoding then goes through the
 model's ``ModelBatcher`` (``services/captioning_batcher.py``), which decodes concurrent requests
 together; with ``max_batch_size`` 1 each request is decoded alone in the executor instead.
 """
@@ -36,7 +38,7 @@ from pixelrpc.models.registry import LoadedModel
 from pixelrpc.services.captioning_batcher import BatchPolicy, ModelBatcher
 from pixelrpc.services.convert import tensor_to_numpy
 from pixelrpc.services.errors import rich_status, status_code_for
-from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.services.runtime import Call, ImageAdmission, ServiceContext, rpc
 from pixelrpc.services.streaming import Lane
 from pixelrpc.v1 import captioning_pb2 as pb
 from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
@@ -145,25 +147,27 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                                field="job.features.shape")
         return check_features(loaded.model, arr, field="job.features")[0]  # (D,)
 
-    def encode_image(self, loaded: LoadedModel, job: pb.CaptionJob) -> tuple[np.ndarray, LoadedModel]:
-        """Decode the image and run the pinned encoder (blocking, CPU/GPU heavy)."""
-        encoder = load_pinned_encoder(self.ctx.cache, loaded.manifest)
-        image = self.ctx.decode_image(job.image, field="job.image")
-        features = embed_images(encoder.model, [image])[0]  # (D,)
+    def encode_image(self, loaded: LoadedModel, encoder: LoadedModel, admitted: ImageAdmission) -> np.ndarray:
+        """Decode the admitted image to the encoder's input size and embed it (blocking, CPU/GPU heavy)."""
+        features = embed_images(encoder.model, admitted.decode())[0]  # (D,)
         if features.shape[0] != loaded.model.input_dim:
             raise FailedPrecondition(
                 f"encoder {encoder.manifest.ref} gives {features.shape[0]} features but captioner "
                 f"{loaded.manifest.ref} takes {loaded.model.input_dim}")
-        return features, encoder
+        return features
 
     async def plan(self, job: pb.CaptionJob, call: Call, run=None) -> CaptionPlan:
         """``run`` runs the encoder: ``call.run`` (a job slot through the queue), or a stream's lane."""
-        loop = asyncio.get_running_loop()
-        loaded, options, which = await loop.run_in_executor(self.ctx.jobs.executor, self.resolve, job, call)
+        loaded, options, which = await call.control(self.resolve, job, call)
         call.model = loaded.manifest.ref
         if which == "features":
             return CaptionPlan(loaded, self.features_of(loaded, job), options)
-        features, encoder = await (run or call.run)(self.encode_image, loaded, job)
+        encoder = await call.control(load_pinned_encoder, self.ctx.cache, loaded.manifest)
+        planner = getattr(encoder.model, "plan_input", None)
+        if planner is None:
+            raise FailedPrecondition(f"encoder {encoder.manifest.ref} cannot take images (it has no plan_input)")
+        admitted = await call.admit_images([(job.image, "job.image", planner)])
+        features = await (run or call.run)(self.encode_image, loaded, encoder, admitted)  # one slot: decode + encode
         return CaptionPlan(loaded, features, options, encoder)
 
     # ------------------------------------------------------------------ decoding

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 from google.protobuf import timestamp_pb2
@@ -15,18 +16,28 @@ from pixelrpc.v1 import common_pb2, registry_pb2
 DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32,
           "uint8": np.uint8}
 MAX_TENSOR_ELEMENTS = 1 << 26
+MAX_TENSOR_RANK = 32
 
 
 def tensor_to_numpy(pb: common_pb2.Tensor, field: str = "tensor") -> np.ndarray:
+    """A Tensor message as a numpy array, its shape checked with Python integers before anything else.
+
+    ``np.prod`` would overflow int64 silently (``[2**32, 2**32]`` multiplies to 0), so the element
+    count is ``math.prod`` of Python ints; a dimension, the rank and the count are each bounded.
+    """
     if pb.dtype not in DTYPES:
         raise InvalidInput(f"{field}.dtype {clip(pb.dtype)!r} is not one of {', '.join(DTYPES)}", field=f"{field}.dtype")
     shape = tuple(int(s) for s in pb.shape)
+    if len(shape) > MAX_TENSOR_RANK:
+        raise InvalidInput(f"{field}.shape has {len(shape)} dimensions, over the limit of {MAX_TENSOR_RANK}",
+                           field=f"{field}.shape")
     if any(s < 0 for s in shape):
         raise InvalidInput(f"{field}.shape {list(shape)} has a negative dimension", field=f"{field}.shape")
-    count = int(np.prod(shape)) if shape else 1
-    if count > MAX_TENSOR_ELEMENTS:
-        raise InvalidInput(f"{field} has {count:,} elements, over the limit of {MAX_TENSOR_ELEMENTS:,}",
-                           field=f"{field}.shape")
+    count = math.prod(shape)  # Python ints: exact, never wraps
+    if count > MAX_TENSOR_ELEMENTS or any(s > MAX_TENSOR_ELEMENTS for s in shape):
+        what = f"{count:,} elements" if count else f"a dimension of {max(shape):,}"
+        raise InvalidInput(f"{field}.shape {list(shape)} has {what}, over the limit of "
+                           f"{MAX_TENSOR_ELEMENTS:,} elements", field=f"{field}.shape")
     dtype = np.dtype(DTYPES[pb.dtype]).newbyteorder("<")
     expected = count * dtype.itemsize
     if len(pb.data) != expected:

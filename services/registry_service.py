@@ -4,6 +4,9 @@ A broken entry (unreadable folder, manifest that is not a file, corrupt or unsea
 hides the healthy ones: ``ListModels`` lists them and reports the broken ones in ``broken``. An
 unreadable registry root answers UNAVAILABLE. ``GetModel`` adds what this process knows of a version:
 whether it is loaded, whether it serves requests naming no version, and its golden examples' outcome.
+
+Registry reads run on the control executor (``call.control``): they never take a job slot, so they
+answer while inference keeps every slot busy.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         if request.task and tasks and request.task not in tasks:
             raise InvalidInput(f"task {clip(request.task)!r} is not served here (this process serves "
                                f"{', '.join(tasks)})", field="task")
-        manifests, broken = await call.run(self.ctx.registry.scan, request.task or None,
+        manifests, broken = await call.control(self.ctx.registry.scan, request.task or None,
                                            all_versions=request.all_versions)
         if tasks:
             manifests = [m for m in manifests if set(m.tasks) & set(tasks)]
@@ -59,7 +62,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     async def GetModel(self, request: registry_pb2.GetModelRequest, call: Call):
         if not request.model.name:
             raise InvalidInput("model.name is required", field="model.name")
-        manifest = await call.run(self.ctx.registry.resolve, request.model.name, request.model.version)
+        manifest = await call.control(self.ctx.registry.resolve, request.model.name, request.model.version)
         return registry_pb2.GetModelResponse(model=self._info(manifest))
 
 

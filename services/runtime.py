@@ -8,6 +8,7 @@ result. ``@rpc`` gives every method the same request id, access log line, metric
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import inspect
 import json
@@ -23,8 +24,23 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pixelrpc.models.errors import CancelToken, InvalidInput, Overloaded, PixelRPCError, RegistryUnavailable
-from pixelrpc.models.imaging import decode_image
+from pixelrpc.models.errors import (
+    CancelToken,
+    InvalidInput,
+    LimitExceeded,
+    Overloaded,
+    PixelRPCError,
+    RegistryUnavailable,
+)
+from pixelrpc.models.imaging import (
+    ImageHeader,
+    ImageLimits,
+    WorkingPlan,
+    check_request,
+    decode_image,
+    decode_working,
+    read_header,
+)
 from pixelrpc.models.registry import LoadedModel, ModelCache, Registry
 from pixelrpc.services.errors import REQUEST_ID_KEY, abort, status_code_for
 from pixelrpc.services.metrics import Metrics
@@ -37,27 +53,48 @@ access_log = logging.getLogger("pixelrpc.access")
 T = TypeVar("T")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LAST_DEFAULT_KEY = "last_default"  # ServiceContext.state: task -> the (name, reason) last chosen
+# A handler cancelled this close to (or after) the client's deadline was cancelled by the deadline.
+DEADLINE_SLACK_S = 0.05
+# After decoding an image of this many decoded pixels (16 MB), free heap pages go back to the OS.
+TRIM_AFTER_PIXELS = 4_000_000
+# How one image becomes what a job works on: (header, limits) -> WorkingPlan, e.g. ImageModel.plan_input.
+Planner = Callable[[ImageHeader, ImageLimits], WorkingPlan]
 
 
 class JobRunner:
-    """A bounded executor: ``max_concurrency`` jobs run, ``queue_depth`` more may wait, the rest are refused."""
+    """A bounded executor: ``max_concurrency`` jobs run, ``queue_depth`` more may wait, the rest are refused.
 
-    def __init__(self, max_concurrency: int, queue_depth: int, threads: int, name: str = "jobs"):
+    Beside it, a small ``control`` executor runs the short blocking work every call needs before (or
+    instead of) a job: registry reads, model resolution, image headers. It takes no job slot, so
+    ListModels, GetModel, DescribeImage and the admission of new work never wait behind inference.
+    """
+
+    def __init__(self, max_concurrency: int, queue_depth: int, threads: int, name: str = "jobs",
+                 control_threads: int = 4):
         self.max_concurrency = max(1, max_concurrency)
         self.queue_depth = max(0, queue_depth)
         self.executor = ThreadPoolExecutor(max_workers=max(threads, self.max_concurrency),
                                            thread_name_prefix=name)
+        self.control = ThreadPoolExecutor(max_workers=max(1, control_threads),
+                                          thread_name_prefix=f"{name}-control")
         self._semaphore: asyncio.Semaphore | None = None
         self._waiting = 0
         self.running = 0
+        self.parked = 0  # streaming jobs that gave their slot back while they wait for their client
+        self.rejoining = 0  # admitted jobs waiting to take a slot again (not counted against queue_depth)
 
     def _sem(self) -> asyncio.Semaphore:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._semaphore
 
-    async def acquire(self) -> float:
-        """Wait for a slot; returns the seconds waited. Raises Overloaded when the queue is full."""
+    async def acquire(self, account: Callable[[float], None] | None = None) -> float:
+        """Wait for a slot; returns the seconds waited. Raises Overloaded when the queue is full.
+
+        ``account(seconds)`` receives the wait however it ends: granted, or cancelled in the queue
+        (the caller went away or its deadline passed), so the access log and the queue metric report
+        the real wait of calls that never ran.
+        """
         sem = self._sem()
         if sem.locked() and self._waiting >= self.queue_depth:
             raise Overloaded(
@@ -70,8 +107,11 @@ class JobRunner:
             await sem.acquire()
         finally:
             self._waiting -= 1
+            waited = time.perf_counter() - start
+            if account is not None:
+                account(waited)
         self.running += 1
-        return time.perf_counter() - start
+        return waited
 
     def release(self) -> None:
         self.running -= 1
@@ -79,12 +119,9 @@ class JobRunner:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.control.shutdown(wait=False, cancel_futures=True)
 
-    # ---- streams: slots of jobs already admitted (services/streaming.py). Class-level defaults so
-    # that __init__ stays as it is; each instance counts its own.
-    parked = 0  # streaming jobs that gave their slot back while they wait for their client
-    rejoining = 0  # admitted jobs waiting to take a slot again (not counted against queue_depth)
-
+    # ---- streams: slots of jobs already admitted (services/streaming.py)
     async def reacquire(self) -> float:
         """Take a slot for work that was already admitted (a stream resuming, a stream's lane, the
         caption batcher): wait in line like everyone, never refused. Returns the seconds waited.
@@ -107,6 +144,90 @@ class JobRunner:
         return self._waiting > 0 or self.rejoining > 0
 
 
+class PixelBudget:
+    """The decoded pixels a server has admitted and not yet decoded: admission by memory, not by count.
+
+    A request reserves, before it queues, the decoded pixels it will hold at once (its largest
+    image: images are decoded one at a time, each reduced to its working size before the next) and
+    releases them once its images are decoded. A request that does not fit now is refused with
+    RESOURCE_EXHAUSTED and RetryInfo (Overloaded); one that could never fit, with LimitExceeded.
+    Nothing is allocated for a refused request.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(0, int(limit))
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, pixels: int) -> Callable[[], None]:
+        """Reserve ``pixels``; returns an idempotent release."""
+        pixels = int(pixels)
+        if pixels > self.limit:
+            raise LimitExceeded(
+                f"the request needs {pixels:,} decoded pixels at once, over this server's limit of "
+                f"{self.limit:,} pixels in flight (max_pixels_in_flight); send smaller images")
+        with self._lock:
+            if self.used + pixels > self.limit:
+                raise Overloaded(
+                    f"server busy: {self.used:,} decoded pixels in flight and this request needs {pixels:,} more, "
+                    f"over max_pixels_in_flight={self.limit:,}; retry later")
+            self.used += pixels
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released = True
+                    self.used -= pixels
+
+        return release
+
+
+@dataclass
+class ImageAdmission:
+    """A request's images, checked from their headers, with their decoded pixels reserved server-wide.
+
+    ``items`` are ``(image, field)`` pairs, ``plans`` their working plans. ``decode()`` runs in the
+    request's job.
+    """
+
+    items: list[tuple[common_pb2.Image, str]]
+    plans: list[WorkingPlan]
+    release: Callable[[], None]
+
+    def decode(self) -> list:
+        """Decode one image at a time, each straight to its working size; then free the reservation.
+
+        After big images the freed decoder buffers are handed back to the OS (``trim_heap``): glibc
+        would otherwise keep them in the arena of the worker thread that decoded them, and the
+        process's RSS would creep up by one decoded image per worker thread.
+        """
+        try:
+            return [decode_working(image_pb.data, plan)
+                    for (image_pb, _field), plan in zip(self.items, self.plans, strict=True)]
+        finally:
+            self.release()
+            if max((p.cost for p in self.plans), default=0) >= TRIM_AFTER_PIXELS:
+                trim_heap()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def trim_heap() -> None:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim``; a no-op elsewhere). A few ms."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @dataclass
 class ServiceContext:
     """Shared by every servicer of one service: settings, registry, model cache, jobs, metrics."""
@@ -122,15 +243,38 @@ class ServiceContext:
     state: dict = field(default_factory=dict)  # per-service objects (e.g. the captioning batcher)
     _model_calls: dict = field(default_factory=dict, repr=False)
     _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    pixels: PixelBudget | None = None  # server-wide decoded pixels in flight (shared by a server's services)
+
+    def __post_init__(self) -> None:
+        if self.pixels is None:
+            self.pixels = PixelBudget(self.settings.max_pixels_in_flight)
 
     @property
     def device(self) -> str:
         return self.cache.device
 
     def decode_image(self, image_pb: common_pb2.Image, field: str = "image"):
+        """Decode at full size (header limits only); jobs that know their working size use ``Call.admit_images``."""
+        return decode_image(self._image_bytes(image_pb, field), self.settings.image_limits, field)
+
+    @staticmethod
+    def _image_bytes(image_pb: common_pb2.Image | None, field: str) -> bytes:
         if image_pb is None or not image_pb.data:
             raise InvalidInput(f"{field} is required: send encoded PNG, JPEG or WebP bytes", field=field)
-        return decode_image(image_pb.data, self.settings.image_limits, field)
+        return image_pb.data
+
+    def plan_images(self, items: Sequence[tuple[common_pb2.Image, str, Planner]]) -> list[WorkingPlan]:
+        """Headers, working sizes and the request's decoded-pixel sum, before any pixel is decoded.
+
+        Blocking but quick (Pillow reads headers only): run it through ``Call.control``. Refusals:
+        INVALID_ARGUMENT for an image beyond the per-image limits, LimitExceeded over
+        ``max_request_pixels``.
+        """
+        limits = self.settings.image_limits
+        plans = [plan(read_header(self._image_bytes(image_pb, name), limits, name), limits)
+                 for image_pb, name, plan in items]
+        check_request(plans, limits)
+        return plans
 
     def choose_default(self, task: str, preferences: str | Sequence[str] | None) -> tuple[str, str]:
         """The model a request that names none gets, and why (reported as ``ResponseMeta.model_choice``).
@@ -232,8 +376,9 @@ class Call:
         self.peer = grpc_context.peer()
         self.cancel = CancelToken()
         remaining = grpc_context.time_remaining() if hasattr(grpc_context, "time_remaining") else None
-        if remaining is not None:
-            self.cancel.deadline = time.monotonic() + remaining
+        # The client's deadline (the manifest's timeout_s may cap cancel.deadline further).
+        self.deadline = time.monotonic() + remaining if remaining is not None else None
+        self.cancel.deadline = self.deadline
         self.queue_ms = 0.0
         self.compute_ms = 0.0
         self.model: str = ""
@@ -243,10 +388,13 @@ class Call:
         self.on_end: list[Callable[[], None]] = []
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run blocking work in the bounded executor; one job slot for its duration."""
+        """Run blocking work in the bounded executor; one job slot for its duration.
+
+        A request takes one slot, once: everything heavy it does (decoding, the model, encoding the
+        answer) belongs in that one job, so it is never refused after it was admitted.
+        """
         jobs = self.ctx.jobs
-        waited = await jobs.acquire()
-        self._account_queue(waited)
+        await jobs.acquire(account=self._account_queue)
         pending: list[asyncio.Future] = []
         try:
             self.cancel.check()
@@ -335,6 +483,36 @@ class Call:
         finally:
             self.compute_ms += (time.perf_counter() - start) * 1000.0
 
+    async def control(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run short blocking work (registry reads, model resolution, image headers) without a job slot.
+
+        It runs on the service's small control executor, so it never waits behind inference and is
+        never refused for lack of a slot. A model that is not loaded yet is loaded here.
+        """
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self.ctx.jobs.control, functools.partial(fn, *args, **kwargs))
+        finally:
+            self.compute_ms += (time.perf_counter() - start) * 1000.0
+
+    async def admit_images(self, items: Sequence[tuple[common_pb2.Image, str, Planner]]) -> ImageAdmission:
+        """Check ``(image, field, planner)`` items from their headers and reserve their decoded pixels.
+
+        ``planner(header, limits) -> WorkingPlan`` decides each image's working size (e.g.
+        ``ImageModel.plan_input``). All of it happens before the call queues for its job slot: a
+        refused request has decoded nothing and holds nothing. The reservation (the largest image's
+        decoded pixels) is released when ``ImageAdmission.decode`` is done, or when the call ends.
+        """
+        plans = await self.control(self.ctx.plan_images, items)
+        release = self.ctx.pixels.reserve(max((p.cost for p in plans), default=0))
+        self.on_end.append(release)
+        return ImageAdmission([(image_pb, name) for image_pb, name, _ in items], plans, release)
+
+    def deadline_passed(self) -> bool:
+        """True once the client's deadline has passed (grpc then cancels the handler)."""
+        return self.deadline is not None and time.monotonic() >= self.deadline - DEADLINE_SLACK_S
+
     def _account_queue(self, seconds: float) -> None:
         self.queue_ms += seconds * 1000.0
         self.ctx.metrics.queue_time.labels(self.ctx.name).observe(seconds)
@@ -408,6 +586,8 @@ def rpc(method):
             release()
         seconds = time.perf_counter() - started
         ctx.metrics.in_flight.labels(ctx.name).dec()
+        if call.status == grpc.StatusCode.CANCELLED and call.deadline_passed():
+            call.status = grpc.StatusCode.DEADLINE_EXCEEDED  # e.g. a stream closed by grpc at the deadline
         code = call.status
         ctx.metrics.requests.labels(ctx.name, name, code.name).inc()
         ctx.metrics.latency.labels(ctx.name, name).observe(seconds)
@@ -448,8 +628,11 @@ def rpc(method):
 async def _answer_error(call: Call, exc: BaseException) -> None:
     """Record the call's status and answer it; for domain and unexpected errors this raises grpc's abort."""
     if isinstance(exc, asyncio.CancelledError):
-        call.status = grpc.StatusCode.CANCELLED
-        call.cancel.cancel()
+        # grpc cancels the handler both when the client cancels and when the deadline passes; the
+        # client sees DEADLINE_EXCEEDED in the second case, and so do the access log and the metrics.
+        expired = call.deadline_passed()
+        call.status = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        call.cancel.cancel("the call's deadline passed" if expired else "cancelled by the caller")
         return
     code = _code_of(exc)
     if code is None:  # the servicer already aborted the call itself

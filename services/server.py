@@ -25,7 +25,7 @@ from pixelrpc.services import registry_service, server_info
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
-from pixelrpc.services.runtime import JobRunner, ServiceContext
+from pixelrpc.services.runtime import JobRunner, PixelBudget, ServiceContext
 from pixelrpc.services.settings import Settings
 
 log = logging.getLogger("pixelrpc.server")
@@ -148,8 +148,8 @@ class PixelServer:
             try:
                 name, version = parse_ref(ref)
                 for svc, ctx in self.contexts.items():
-                    loaded = await loop.run_in_executor(ctx.jobs.executor, ctx.cache.get, name, version)
-                    await loop.run_in_executor(ctx.jobs.executor, self._warm, svc, loaded)
+                    loaded = await loop.run_in_executor(ctx.jobs.control, ctx.cache.get, name, version)
+                    await loop.run_in_executor(ctx.jobs.control, self._warm, svc, loaded)
                     log.info("preloaded %s for %s in %.2fs", loaded.manifest.ref, svc, loaded.load_seconds)
             except PixelRPCError as exc:
                 failures.append(f"{label}: {exc.message}")
@@ -191,7 +191,7 @@ class PixelServer:
             loop = asyncio.get_running_loop()
             ctx = self.contexts[svc]
             try:
-                ref = await loop.run_in_executor(ctx.jobs.executor, self._load_default, svc)
+                ref = await loop.run_in_executor(ctx.jobs.control, self._load_default, svc)
                 log.info("%s is ready: %s loaded and warmed", full, ref)
             except Exception as exc:  # noqa: BLE001 - stay NOT_SERVING and retry
                 ready = False
@@ -250,7 +250,7 @@ class PixelServer:
                 names = {m.manifest.name for m in ctx.cache.loaded()}
                 for name in names:
                     try:
-                        await loop.run_in_executor(ctx.jobs.executor, ctx.cache.get, name, 0)
+                        await loop.run_in_executor(ctx.jobs.control, ctx.cache.get, name, 0)
                     except Exception as exc:  # noqa: BLE001 - keep serving the old version
                         log.debug("could not load the new default of %s: %s", name, exc)
 
@@ -321,6 +321,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     contexts: dict[str, ServiceContext] = {}
     modules: dict[str, object] = {}
     served = [registry_service.SERVICE_NAME, server_info.SERVICE_NAME]
+    pixels = PixelBudget(settings.max_pixels_in_flight)  # one decoded-pixel budget per server
     for name in services:
         if name not in SERVICE_MODULES:
             raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
@@ -334,7 +335,8 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
                                                    if r.state == "failed" else None))
         jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,
-                             metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served)
+                             metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served,
+                             pixels=pixels)
         contexts[name] = ctx
         if module is not None:
             module.add_to_server(server, ctx)

@@ -1,4 +1,8 @@
-"""``pixelrpc.v1.ServerInfo``: what a process serves and its limits; a dry run of image decoding."""
+"""``pixelrpc.v1.ServerInfo``: what a process serves and its limits; a dry run of image decoding.
+
+Neither takes a job slot: GetServerInfo answers from memory, DescribeImage reads the header on the
+control executor, so both answer while inference keeps every slot busy.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ class ServerInfoServicer(server_pb2_grpc.ServerInfoServicer):
 
     @rpc
     async def DescribeImage(self, request: server_pb2.DescribeImageRequest, call: Call):
-        info = describe_image(request.image.data, self.ctx.settings.image_limits, "image")
+        info = await call.control(describe_image, request.image.data, self.ctx.settings.image_limits, "image")
         return server_pb2.DescribeImageResponse(
             format=info.format, width=info.width, height=info.height, mode=info.mode,
             accepted=info.accepted, reason=info.reason, meta=call.meta())

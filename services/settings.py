@@ -35,7 +35,7 @@ class Settings:
     registry: str = ""  # "" -> PIXELRPC_REGISTRY or ~/.cache/pixelrpc/registry
     max_message_bytes: int = 64 * MIB
     max_image_bytes: int = 48 * MIB
-    max_image_pixels: int = 36_000_000
+    max_image_pixels: int = 24_000_000  # decoded pixels of one image (see models/imaging.py)
     max_image_side: int = 1024
     max_iterations: int = 1000
     worker_threads: int = 2
@@ -76,11 +76,18 @@ class Settings:
     # Readiness: per-service health stays NOT_SERVING until the service's default model (or every model
     # of ``preload``) is loaded, golden-checked and warmed; ``""`` is liveness only.
     require_models: bool = False
+    # Admission (models/imaging.py): image shapes refused from the header, and decoded-pixel budgets
+    # (a decoded pixel is 4 bytes of decoder memory) per request and for the whole server.
+    max_image_aspect: float = 32.0
+    max_image_upscale: float = 32.0
+    max_request_pixels: int = 192_000_000
+    max_pixels_in_flight: int = 48_000_000
     extra: dict = field(default_factory=dict)
 
     @property
     def image_limits(self) -> ImageLimits:
-        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_image_side)
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_image_side,
+                           self.max_image_aspect, self.max_image_upscale, self.max_request_pixels)
 
     def resolved_device(self) -> str:
         return self.device or default_device()

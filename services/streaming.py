@@ -110,9 +110,8 @@ class SlotLease:
         self.parked = False
 
     async def acquire(self) -> None:
-        waited = await self.jobs.acquire()
+        await self.jobs.acquire(account=self.call._account_queue)  # the wait is accounted however it ends
         self.held = True
-        self.call._account_queue(waited)
 
     def park(self) -> None:
         """Give the slot back; only called while the job waits at a yield (no step is running)."""

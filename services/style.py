@@ -7,8 +7,9 @@ expired call stops within one iteration, its generator closed and its tensors re
 
 Limits: ``max_iterations`` bounds the steps; ``max_image_side`` bounds the sides of the images the
 job computes on, i.e. the result (content resized to ``image_size`` on its shorter side) and each
-resized style image. The images sent may be larger (decoding is bounded by ``max_image_bytes`` and
-``max_image_pixels``): they are resized before any feature is computed.
+resized style image, checked from the headers. The images sent may be larger (bounded by
+``max_image_bytes``, ``max_image_pixels``, ``max_image_aspect`` and, summed, ``max_request_pixels``):
+each is decoded straight to the size the job computes at, one at a time, in the job's one slot.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.imaging import ImageHeader, ImageLimits, WorkingPlan, plan_working
 from pixelrpc.models.options import check_count, resolve_seed
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.models.style import PRESETS, StyleProgress, get_preset, style_transfer_steps
 from pixelrpc.models.style.presets import multipliers_for
-from pixelrpc.models.style.space import resized_size
 from pixelrpc.services.convert import image_pb_from_pil
-from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.services.runtime import Call, ImageAdmission, Planner, ServiceContext, rpc
 from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -90,11 +91,18 @@ def parameters_pb(params: dict) -> pb.StyleParameters:
     return out
 
 
-def _check_side(size: tuple[int, int], shorter: int, limit: int, what: str, field: str) -> None:
-    w, h = resized_size(size, shorter)
-    if max(w, h) > limit:
-        raise InvalidInput(f"{what} would be {w}x{h} pixels, over this server's max_image_side={limit}; "
-                           "use a smaller size or a less elongated image", field=field)
+def _planner(side: int, limit: int, what: str, field: str) -> Planner:
+    """Decode an image straight to "shorter side ``side``" (the size ``style_transfer_steps`` computes at,
+    bilinear like it), refusing a result side over ``max_image_side`` from the header."""
+    def plan(header: ImageHeader, limits: ImageLimits) -> WorkingPlan:
+        planned = plan_working(header, side, crop=False, resample=Image.Resampling.BILINEAR, limits=limits)
+        w, h = planned.size
+        if max(w, h) > limit:
+            raise InvalidInput(f"{what} would be {w}x{h} pixels, over this server's max_image_side={limit}; "
+                               "use a smaller size or a less elongated image", field=field)
+        return planned
+
+    return plan
 
 
 class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
@@ -102,12 +110,11 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         self.ctx = ctx
 
     # ------------------------------------------------------------------ request -> plan
-    def plan(self, job: pb.StyleJob, call: Call | None = None) -> StylePlan:
-        """Check and decode a job (blocking: run it in the executor)."""
+    def check_job(self, job: pb.StyleJob) -> dict:
+        """The job's parameters, checked against the server's limits (cheap: no image is read)."""
         settings = self.ctx.settings
         params = resolve_parameters(job)
         check_count(params["iterations"], "job.parameters.iterations", maximum=settings.max_iterations)
-        seed = resolve_seed(job.seed if job.HasField("seed") else None, "job.seed")
         for key in ("image_size", "style_size"):
             if params[key] > settings.max_image_side:
                 raise InvalidInput(f"{key}={params[key]} is over this server's max_image_side="
@@ -115,22 +122,29 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         if len(job.styles) > MAX_STYLES:
             raise InvalidInput(f"{len(job.styles)} style images sent; at most {MAX_STYLES} are blended",
                                field="job.styles")
-        content = self.ctx.decode_image(job.content, field="job.content")
-        _check_side(content.size, params["image_size"], settings.max_image_side, "the result",
-                    "job.parameters.image_size")
-        styles, blend = [], []
-        for i, style in enumerate(job.styles):
-            img = self.ctx.decode_image(style.image, field=f"job.styles[{i}].image")
-            _check_side(img.size, params["style_size"], settings.max_image_side, f"style image {i} resized",
-                        "job.parameters.style_size")
-            styles.append(img)
-            blend.append(style.weight if style.HasField("weight") else 1.0)
+        return params
+
+    def model(self, job: pb.StyleJob, call: Call | None = None) -> LoadedModel:
         loaded = self.ctx.get_model(job.model, task="feature-extraction", default=DEFAULT_MODELS,
                                     field="job.model", call=call)
         if not hasattr(loaded.model, "features"):
             raise InvalidInput(f"model {loaded.manifest.ref} has no feature trunk to run style transfer on",
                                field="job.model.name")
-        return StylePlan(content, styles, blend, loaded, params, seed)
+        return loaded
+
+    async def admit(self, job: pb.StyleJob, call: Call) -> tuple[ImageAdmission, LoadedModel, dict]:
+        """Everything before the job slot: parameters, the images from their headers (each planned at
+        the size the job computes at; the pixel budgets reserved), then the model."""
+        params = self.check_job(job)
+        side = self.ctx.settings.max_image_side
+        items = [(job.content, "job.content",
+                  _planner(params["image_size"], side, "the result", "job.parameters.image_size"))]
+        items += [(style.image, f"job.styles[{i}].image",
+                   _planner(params["style_size"], side, f"style image {i} resized", "job.parameters.style_size"))
+                  for i, style in enumerate(job.styles)]
+        admitted = await call.admit_images(items)
+        loaded = await call.control(self.model, job, call)
+        return admitted, loaded, params
 
     def _steps(self, plan: StylePlan, call: Call, preview_every: int):
         return style_transfer_steps(
@@ -139,10 +153,14 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             preview_every=preview_every, cancel=call.cancel, **plan.kwargs)
 
     async def _run(self, job: pb.StyleJob, call: Call, preview_every: int):
+        seed = resolve_seed(job.seed if job.HasField("seed") else None, "job.seed")
+        admitted, loaded, params = await self.admit(job, call)
+        blend = [style.weight if style.HasField("weight") else 1.0 for style in job.styles]
         holder: dict = {}
 
-        def start():
-            holder["plan"] = self.plan(job, call)
+        def start():  # in the job's one slot: decode (one image at a time, each to its working size), then steps
+            content, *styles = admitted.decode()
+            holder["plan"] = StylePlan(content, styles, blend, loaded, params, seed)
             return self._steps(holder["plan"], call, preview_every)
 
         async for progress in call.steps(start):

@@ -4,6 +4,10 @@ Each method converts the request, runs a ``pixelrpc.models.visualization`` funct
 executor (``call.run`` for unary work, ``call.steps`` for the optimisation generators, so a
 cancelled or expired call stops within one step) and converts the result. All tensor work and PNG
 encoding happen in the executor; the event loop only moves messages.
+
+One request, one job slot: the model is resolved and the images are checked from their headers
+(``call.admit_images``: sizes, the request's pixel sum, the server's pixel budget) on the control
+executor before the call queues; then decoding, the model and the answer's encoding run in one job.
 """
 
 from __future__ import annotations
@@ -77,11 +81,12 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
             raise InvalidInput(f"at most {MAX_CLASSIFY_IMAGES} images per request, got {len(request.images)}",
                                field="images")
         top_k = int(request.top_k) or 5
-        images = await call.run(lambda: [self.ctx.decode_image(img, field=f"images[{i}]")
-                                         for i, img in enumerate(request.images)])
-        loaded, model = await call.run(self._model, request, call)
+        loaded, model = await call.control(self._model, request, call)
+        admitted = await call.admit_images([(img, f"images[{i}]", model.plan_input)
+                                            for i, img in enumerate(request.images)])
 
         def work():
+            images = admitted.decode()  # each already S x S: the peak is one decoded image
             with torch.no_grad():
                 return vis.classify(model.preprocess(images), model, top_k=top_k)
 
@@ -101,8 +106,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
         sg = request.smoothgrad  # its seed is checked before the image is decoded and the model loaded
         seed = (resolve_seed(sg.seed if sg.HasField("seed") else None, "smoothgrad.seed")
                 if method == "smoothgrad" else None)
-        image = await call.run(self.ctx.decode_image, request.image)
-        loaded, model = await call.run(self._model, request, call)
+        loaded, model = await call.control(self._model, request, call)
         target = (self._check_class(model, request.target_class, "target_class")
                   if request.HasField("target_class") else None)
         options: dict = {}
@@ -115,9 +119,10 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
                 raise InvalidInput(f"unknown baseline {ig.baseline}", field="integrated_gradients.baseline")
             options = {"steps": self._bounded(ig.steps, 50, "integrated_gradients.steps", minimum=2),
                        "baseline": BASELINES[ig.baseline]}
+        admitted = await call.admit_images([(request.image, "image", model.plan_input)])
 
         def work() -> pb.SaliencyResponse:
-            x = model.preprocess([image])  # (1, 3, S, S)
+            x = model.preprocess(admitted.decode())  # (1, 3, S, S)
             cls = target
             if cls is None:  # explain the predicted class: one extra forward pass to find it
                 with torch.no_grad():
@@ -143,17 +148,17 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     # ------------------------------------------------------------------ FoolingImage
     @rpc
     async def FoolingImage(self, request: pb.FoolingImageRequest, call: Call):
-        image = await call.run(self.ctx.decode_image, request.image)
-        loaded, model = await call.run(self._model, request, call)
+        loaded, model = await call.control(self._model, request, call)
         target = self._check_class(model, request.target_class, "target_class")
         max_iters = self._bounded(request.max_iterations, 100, "max_iterations")
         learning_rate = request.learning_rate or 1.0
         if not learning_rate > 0:
             raise InvalidInput(f"learning_rate must be > 0, got {learning_rate}", field="learning_rate")
         magnify = request.magnify or 10.0
+        admitted = await call.admit_images([(request.image, "image", model.plan_input)])
 
         def job():
-            x = model.preprocess([image])  # (1, 3, S, S)
+            x = model.preprocess(admitted.decode())  # (1, 3, S, S)
             for item in vis.fooling_steps(x, [target], model, learning_rate, max_iters):
                 if isinstance(item, vis.FoolingProgress):
                     yield pb.FoolingImageResponse(progress=pb.FoolingImageProgress(
@@ -171,7 +176,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     @rpc
     async def ClassVisualization(self, request: pb.ClassVisualizationRequest, call: Call):
         seed = resolve_seed(request.seed if request.HasField("seed") else None, "seed")
-        loaded, model = await call.run(self._model, request, call)
+        loaded, model = await call.control(self._model, request, call)
         target = self._check_class(model, request.target_class, "target_class")
         iterations = self._bounded(request.num_iterations, 100, "num_iterations")
         size = int(request.size) or model.input_size
