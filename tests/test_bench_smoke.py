@@ -1,0 +1,29 @@
+"""Smoke test of the soak benchmark (``bench/soak.py``; the full 60 s run is not part of ``make test``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_soak_runs_briefly_and_prints_a_summary(quick_bootstrap, tmp_path):
+    env = {**os.environ, "PIXELRPC_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "soak.py"), "--seconds", "3", "--interval", "1",
+         "--caption-clients", "8", "--vis-clients", "2", "--registry", str(quick_bootstrap.registry.root),
+         "--logs", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=240, env=env)
+    out = proc.stdout
+    assert proc.returncode == 0, f"{out}\n{proc.stderr}"
+    periodic = [line for line in out.splitlines() if line.startswith("t=")]
+    assert periodic and all("rss[cap]" in line and "rss[vis]" in line and "p99" in line for line in periodic)
+    summary = out.split("\nsummary\n", 1)[1]
+    for expected in ("captioning", "visualization", "peak RSS", "errors",
+                     "server exit codes {'captioning': 0, 'visualization': 0}"):
+        assert expected in summary, summary
