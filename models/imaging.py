@@ -364,7 +364,8 @@ def decode_working(data: bytes, plan: WorkingPlan) -> Image.Image:
             scale = plan.header.width / drafted[1][2]
     _load(img, field)
     out = resize_to(img, plan.geometry, plan.resample, scale)
-    img.close()
+    if out is not img:  # an RGB image already at its working size comes back as it is
+        img.close()
     return out
 
 

@@ -5,10 +5,12 @@ the same values and words its refusal the same way (domain code: no grpc here).
   ``0 <= seed < 2^63`` — every value an ``int64`` proto field can carry that numpy's ``SeedSequence``
   and ``torch.Generator.manual_seed`` both take; unset means "the server draws one and reports it".
 - counts bounded by ``PIXELRPC_MAX_ITERATIONS`` (iterations, samples, integration steps).
+- positive rates and factors (learning rates, magnification): finite and > 0.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 
 from pixelrpc.models.errors import FieldViolation, InvalidInput
@@ -47,4 +49,12 @@ def check_count(value: int, field: str, *, minimum: int = 1, maximum: int,
     if not minimum <= value <= maximum:
         raise InvalidInput(f"{field} must be between {minimum} and {maximum} (this server's "
                            f"{limit_name}={maximum}), got {value}", field=field)
+    return value
+
+
+def check_positive(value: float, field: str) -> float:
+    """A finite number > 0 (learning rates, magnification): NaN and infinity are refused by name."""
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidInput(f"{field} must be a finite number > 0, got {value!r}", field=field)
     return value

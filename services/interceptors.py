@@ -18,11 +18,13 @@ import logging
 import grpc
 from google.protobuf import descriptor_pool
 
+from pixelrpc.models.errors import InvalidInput
 from pixelrpc.services.errors import abort
 from pixelrpc.services.runtime import request_id_for
 
 log = logging.getLogger("pixelrpc.server")
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+OWN_SERVICES_PREFIX = "/pixelrpc.v1."  # handlers wrapped by ``runtime.rpc``
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
@@ -120,6 +122,8 @@ def parsing_handler(handler, method: str):
         return handler
     deserialize = handler.request_deserializer
     type_name = message_type_name(deserialize, method)
+    malformed = f"malformed request: the bytes are not a valid {type_name} message"
+    own_service = method.startswith(OWN_SERVICES_PREFIX)
 
     async def parse(raw: bytes, context):
         try:
@@ -127,13 +131,21 @@ def parsing_handler(handler, method: str):
         except Exception:  # noqa: BLE001 - DecodeError, or whatever a deserializer raises on bad bytes
             request_id = request_id_for(context)
             log.info("malformed %s in %s (request id %s)", type_name, method, request_id)
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"malformed request: the bytes are not a valid {type_name} message",
-                        request_id=request_id)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, malformed, request_id=request_id)
 
     async def parsed_iterator(iterator, context):
         async for raw in iterator:
-            yield await parse(raw, context)
+            if not own_service:
+                yield await parse(raw, context)
+                continue
+            try:
+                yield deserialize(raw)
+            except Exception:  # noqa: BLE001 - as in parse
+                # Raised, not aborted: a PixelRPC handler may read its requests in another task
+                # (CaptionStream) while it writes; its @rpc wrapper answers this in the handler's own
+                # task, with the request id and rich details, like any domain error.
+                log.info("malformed %s in %s (request id %s)", type_name, method, request_id_for(context))
+                raise InvalidInput(malformed) from None
 
     if kind.startswith("unary_"):
         async def request_of(raw, context):

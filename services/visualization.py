@@ -16,7 +16,7 @@ import torch
 
 from pixelrpc.models import visualization as vis
 from pixelrpc.models.errors import InvalidInput
-from pixelrpc.models.options import check_count, resolve_seed
+from pixelrpc.models.options import check_count, check_positive, resolve_seed
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.models.visualization.classify import class_label
 from pixelrpc.models.zoo import ImageModel
@@ -151,10 +151,8 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
         loaded, model = await call.control(self._model, request, call)
         target = self._check_class(model, request.target_class, "target_class")
         max_iters = self._bounded(request.max_iterations, 100, "max_iterations")
-        learning_rate = request.learning_rate or 1.0
-        if not learning_rate > 0:
-            raise InvalidInput(f"learning_rate must be > 0, got {learning_rate}", field="learning_rate")
-        magnify = request.magnify or 10.0
+        learning_rate = check_positive(request.learning_rate or 1.0, "learning_rate")
+        magnify = check_positive(request.magnify or 10.0, "magnify")
         admitted = await call.admit_images([(request.image, "image", model.plan_input)])
 
         def job():
@@ -185,7 +183,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
                                f"(this server's max_image_side), got {size}", field="size")
         kwargs = {
             "l2_reg": request.l2_reg if request.HasField("l2_reg") else 1e-3,
-            "learning_rate": request.learning_rate or 25.0,
+            "learning_rate": check_positive(request.learning_rate or 25.0, "learning_rate"),
             "num_iterations": iterations,
             "blur_every": request.blur_every if request.HasField("blur_every") else 10,
             "max_jitter": request.max_jitter if request.HasField("max_jitter") else min(16, size // 4),

@@ -583,7 +583,8 @@ NAMES: dict[str, tuple[Callable[[str], str], int, grpc.StatusCode, str]] = {
     "absolute_path": (lambda good: "/etc/passwd", 0, IA, ""),
     "non_ascii": (lambda good: good + "\u00e9", 0, IA, ""),
     "unknown_model": (lambda good: "no-such-model", 0, NF, ""),
-    "version_minus_1": (lambda good: good, U32_MINUS_1, NF, ""),
+    # -1 through a uint32 field arrives as 2^32-1, beyond any version the registry can hold
+    "version_minus_1": (lambda good: good, U32_MINUS_1, IA, "registry: versions are 1..999999999"),
     "version_absent_99": (lambda good: good, 99, NF, ""),
 }
 
@@ -613,8 +614,12 @@ def caption_stream(items: Callable[[Ctx], list[tuple[str, cpb.CaptionJob | None]
 
 
 def outcomes(responses) -> list[tuple[str, str]]:
-    """(id, "OK" or the error's status) per answer, sorted."""
-    return sorted((r.id, "OK" if r.HasField("result") else r.error.status) for r in responses)
+    """(id, "OK" or the name of the error's google.rpc.Status code) per answer, sorted."""
+    return sorted((r.id, "OK" if r.HasField("result") else _CODES[r.error.code].name)
+                  for r in responses)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def expect_outcomes(*expected: tuple[str, str]):

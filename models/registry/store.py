@@ -76,7 +76,7 @@ def default_root() -> Path:
 
 @dataclass(frozen=True)
 class RegistryStatus:
-    """Whether the registry folder can be read now (``pixelrpc.v1.ModelRegistry`` health).
+    """Whether the registry folder can be read now (the ``ModelRegistry`` health name).
 
     state: ``ok``; ``absent`` (never existed: nothing published yet); ``gone`` (existed, now missing:
     deleted or unmounted); ``empty`` (had models, now has none: an unmounted volume's bare mount point);
