@@ -35,7 +35,10 @@ class ServerInfoServicer(server_pb2_grpc.ServerInfoServicer):
         limits = server_pb2.Limits(
             max_message_bytes=s.max_message_bytes, max_image_bytes=s.max_image_bytes,
             max_image_pixels=s.max_image_pixels, max_iterations=s.max_iterations,
-            max_image_side=s.max_image_side, queue_depth=s.queue_depth, max_concurrency=s.max_concurrency)
+            max_image_side=s.max_image_side, queue_depth=s.queue_depth, max_concurrency=s.max_concurrency,
+            max_image_aspect=s.max_image_aspect, max_image_upscale=s.max_image_upscale,
+            max_request_pixels=s.max_request_pixels, max_pixels_in_flight=s.max_pixels_in_flight,
+            stream_stall_seconds=s.stream_stall_seconds, mutual_tls=bool(s.tls_cert and s.tls_client_ca))
         return server_pb2.GetServerInfoResponse(
             version=package_version(), services=list(self.ctx.services), device=self.ctx.device,
             limits=limits, auth_required=bool(s.auth_token), tls=bool(s.tls_cert), meta=call.meta(),

@@ -130,6 +130,9 @@ def test_server_info_and_describe_image_limits(tmp_path):
     with running_server(["captioning"], FAST, registry=str(tmp_path)) as srv, ServiceClient(srv.address) as c:
         info = c.server_info()
         assert info.limits.max_message_bytes == 64 * 1024 * 1024
+        assert (info.limits.max_image_aspect, info.limits.max_request_pixels) == (
+            FAST.max_image_aspect, FAST.max_request_pixels)
+        assert info.limits.stream_stall_seconds == FAST.stream_stall_seconds and not info.limits.mutual_tls
         assert info.device == "cpu" and "pixelrpc.v1.ServerInfo" in info.services
         assert info.meta.request_id
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pixelrpc.v1 import common_pb2 as pixelrpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pixelrpc/v1/server.proto\x12\x0bpixelrpc.v1\x1a\x18pixelrpc/v1/common.proto\"\x16\n\x14GetServerInfoRequest\"\xb4\x01\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_image_bytes\x18\x02 \x01(\x04\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x04\x12\x16\n\x0emax_iterations\x18\x04 \x01(\r\x12\x16\n\x0emax_image_side\x18\x05 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\"\x9d\x02\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08services\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12#\n\x06limits\x18\x04 \x01(\x0b\x32\x13.pixelrpc.v1.Limits\x12\x15\n\rauth_required\x18\x05 \x01(\x08\x12\x0b\n\x03tls\x18\x06 \x01(\x08\x12\'\n\x04meta\x18\x07 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta\x12-\n\x08registry\x18\x08 \x01(\x0b\x32\x1b.pixelrpc.v1.RegistryStatus\x12\x30\n\treadiness\x18\t \x03(\x0b\x32\x1d.pixelrpc.v1.ServiceReadiness\"A\n\x0eRegistryStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"B\n\x10ServiceReadiness\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x14\x44\x65scribeImageRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\"\x9f\x01\n\x15\x44\x65scribeImageResponse\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\'\n\x04meta\x18\x07 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta2\xbc\x01\n\nServerInfo\x12V\n\rGetServerInfo\x12!.pixelrpc.v1.GetServerInfoRequest\x1a\".pixelrpc.v1.GetServerInfoResponse\x12V\n\rDescribeImage\x12!.pixelrpc.v1.DescribeImageRequest\x1a\".pixelrpc.v1.DescribeImageResponseB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pixelrpc/v1/server.proto\x12\x0bpixelrpc.v1\x1a\x18pixelrpc/v1/common.proto\"\x16\n\x14GetServerInfoRequest\"\xd5\x02\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_image_bytes\x18\x02 \x01(\x04\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x04\x12\x16\n\x0emax_iterations\x18\x04 \x01(\r\x12\x16\n\x0emax_image_side\x18\x05 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\x12\x18\n\x10max_image_aspect\x18\x08 \x01(\x01\x12\x19\n\x11max_image_upscale\x18\t \x01(\x01\x12\x1a\n\x12max_request_pixels\x18\n \x01(\x04\x12\x1c\n\x14max_pixels_in_flight\x18\x0b \x01(\x04\x12\x1c\n\x14stream_stall_seconds\x18\x0c \x01(\x01\x12\x12\n\nmutual_tls\x18\r \x01(\x08\"\x9d\x02\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08services\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12#\n\x06limits\x18\x04 \x01(\x0b\x32\x13.pixelrpc.v1.Limits\x12\x15\n\rauth_required\x18\x05 \x01(\x08\x12\x0b\n\x03tls\x18\x06 \x01(\x08\x12\'\n\x04meta\x18\x07 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta\x12-\n\x08registry\x18\x08 \x01(\x0b\x32\x1b.pixelrpc.v1.RegistryStatus\x12\x30\n\treadiness\x18\t \x03(\x0b\x32\x1d.pixelrpc.v1.ServiceReadiness\"A\n\x0eRegistryStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"B\n\x10ServiceReadiness\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x14\x44\x65scribeImageRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\"\x9f\x01\n\x15\x44\x65scribeImageResponse\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\'\n\x04meta\x18\x07 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta2\xbc\x01\n\nServerInfo\x12V\n\rGetServerInfo\x12!.pixelrpc.v1.GetServerInfoRequest\x1a\".pixelrpc.v1.GetServerInfoResponse\x12V\n\rDescribeImage\x12!.pixelrpc.v1.DescribeImageRequest\x1a\".pixelrpc.v1.DescribeImageResponseB\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,17 +36,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERINFOREQUEST']._serialized_start=67
   _globals['_GETSERVERINFOREQUEST']._serialized_end=89
   _globals['_LIMITS']._serialized_start=92
-  _globals['_LIMITS']._serialized_end=272
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=275
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=560
-  _globals['_REGISTRYSTATUS']._serialized_start=562
-  _globals['_REGISTRYSTATUS']._serialized_end=627
-  _globals['_SERVICEREADINESS']._serialized_start=629
-  _globals['_SERVICEREADINESS']._serialized_end=695
-  _globals['_DESCRIBEIMAGEREQUEST']._serialized_start=697
-  _globals['_DESCRIBEIMAGEREQUEST']._serialized_end=754
-  _globals['_DESCRIBEIMAGERESPONSE']._serialized_start=757
-  _globals['_DESCRIBEIMAGERESPONSE']._serialized_end=916
-  _globals['_SERVERINFO']._serialized_start=919
-  _globals['_SERVERINFO']._serialized_end=1107
+  _globals['_LIMITS']._serialized_end=433
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=436
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=721
+  _globals['_REGISTRYSTATUS']._serialized_start=723
+  _globals['_REGISTRYSTATUS']._serialized_end=788
+  _globals['_SERVICEREADINESS']._serialized_start=790
+  _globals['_SERVICEREADINESS']._serialized_end=856
+  _globals['_DESCRIBEIMAGEREQUEST']._serialized_start=858
+  _globals['_DESCRIBEIMAGEREQUEST']._serialized_end=915
+  _globals['_DESCRIBEIMAGERESPONSE']._serialized_start=918
+  _globals['_DESCRIBEIMAGERESPONSE']._serialized_end=1077
+  _globals['_SERVERINFO']._serialized_start=1080
+  _globals['_SERVERINFO']._serialized_end=1268
 # @@protoc_insertion_point(module_scope)

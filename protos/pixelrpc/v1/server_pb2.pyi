@@ -12,7 +12,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_image_bytes", "max_image_pixels", "max_iterations", "max_image_side", "queue_depth", "max_concurrency")
+    __slots__ = ("max_message_bytes", "max_image_bytes", "max_image_pixels", "max_iterations", "max_image_side", "queue_depth", "max_concurrency", "max_image_aspect", "max_image_upscale", "max_request_pixels", "max_pixels_in_flight", "stream_stall_seconds", "mutual_tls")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,12 @@ class Limits(_message.Message):
     MAX_IMAGE_SIDE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_ASPECT_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_UPSCALE_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PIXELS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_STALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MUTUAL_TLS_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_image_bytes: int
     max_image_pixels: int
@@ -27,7 +33,13 @@ class Limits(_message.Message):
     max_image_side: int
     queue_depth: int
     max_concurrency: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_image_side: _Optional[int] = ..., queue_depth: _Optional[int] = ..., max_concurrency: _Optional[int] = ...) -> None: ...
+    max_image_aspect: float
+    max_image_upscale: float
+    max_request_pixels: int
+    max_pixels_in_flight: int
+    stream_stall_seconds: float
+    mutual_tls: bool
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_iterations: _Optional[int] = ..., max_image_side: _Optional[int] = ..., queue_depth: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_image_aspect: _Optional[float] = ..., max_image_upscale: _Optional[float] = ..., max_request_pixels: _Optional[int] = ..., max_pixels_in_flight: _Optional[int] = ..., stream_stall_seconds: _Optional[float] = ..., mutual_tls: _Optional[bool] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("version", "services", "device", "limits", "auth_required", "tls", "meta", "registry", "readiness")
