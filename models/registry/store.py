@@ -437,7 +437,7 @@ class Registry:
         except PixelRPCError:
             pass  # cleaning is best effort; publishing decides below
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
-        lock = _lock_folder(staging)
+        lock = _try_lock_folder(staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a version is readable like its files
         try:
             entries = []
@@ -590,21 +590,10 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _lock_folder(path: Path) -> int | None:
-    """Hold an exclusive ``flock`` on a folder for as long as the returned descriptor is open."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        pass  # no locks on this file system: the grace period alone protects the folder
-    return fd
-
-
-def _try_lock_folder(path: str) -> int | None:
-    """A descriptor holding the folder's lock, or None when another process holds it."""
+def _try_lock_folder(path: str | Path) -> int | None:
+    """A descriptor holding an exclusive ``flock`` on the folder for as long as it is open; None when
+    another process holds the lock (or the folder cannot be opened). A publisher locks its fresh
+    staging folder; the cleaner skips the folders it cannot lock."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
