@@ -49,8 +49,13 @@ lint: $(STAMP) check-protos
 demo: $(STAMP)
 	$(PY) -m pixelrpc.clients.demo
 
+# Every benchmark records its rows (bench/results.py); the run ends with one table of them all.
+BENCH_RESULTS := build/bench-results.jsonl
 bench: $(STAMP)
-	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@mkdir -p build && rm -f $(BENCH_RESULTS)
+	for b in bench/*.py; do [ "$$b" = bench/results.py ] && continue; echo "== $$b"; \
+		PIXELRPC_BENCH_RESULTS=$(CURDIR)/$(BENCH_RESULTS) $(PY) $$b || exit 1; done
+	$(PY) bench/results.py $(BENCH_RESULTS)
 
 compose-test:
 	bash scripts/compose_test.sh
