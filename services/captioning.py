@@ -166,7 +166,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
         planner = getattr(encoder.model, "plan_input", None)
         if planner is None:
             raise FailedPrecondition(f"encoder {encoder.manifest.ref} cannot take images (it has no plan_input)")
-        admitted = await call.admit_images([(job.image, "job.image", planner)])
+        admitted = await call.admit_images([(job.image, "job.image", planner)], wait=run is not None)
         features = await (run or call.run)(self.encode_image, loaded, encoder, admitted)  # one slot: decode + encode
         return CaptionPlan(loaded, features, options, encoder)
 

@@ -496,18 +496,35 @@ class Call:
         finally:
             self.compute_ms += (time.perf_counter() - start) * 1000.0
 
-    async def admit_images(self, items: Sequence[tuple[common_pb2.Image, str, Planner]]) -> ImageAdmission:
+    async def admit_images(self, items: Sequence[tuple[common_pb2.Image, str, Planner]], *,
+                           wait: bool = False) -> ImageAdmission:
         """Check ``(image, field, planner)`` items from their headers and reserve their decoded pixels.
 
         ``planner(header, limits) -> WorkingPlan`` decides each image's working size (e.g.
         ``ImageModel.plan_input``). All of it happens before the call queues for its job slot: a
         refused request has decoded nothing and holds nothing. The reservation (the largest image's
         decoded pixels) is released when ``ImageAdmission.decode`` is done, or when the call ends.
+
+        ``wait``: an item of an admitted stream (CaptionStream) waits for room in the server-wide
+        budget instead of being refused; the stream's window bounds how many items wait.
         """
         plans = await self.control(self.ctx.plan_images, items)
-        release = self.ctx.pixels.reserve(max((p.cost for p in plans), default=0))
+        pixels = max((p.cost for p in plans), default=0)
+        release = await self._reserve_waiting(pixels) if wait else self.ctx.pixels.reserve(pixels)
         self.on_end.append(release)
         return ImageAdmission([(image_pb, name) for image_pb, name, _ in items], plans, release)
+
+    async def _reserve_waiting(self, pixels: int) -> Callable[[], None]:
+        """Reserve ``pixels``, polling while the budget is momentarily full (releases happen in worker
+        threads); a request that could never fit is still refused (LimitExceeded)."""
+        delay = 0.002
+        while True:
+            try:
+                return self.ctx.pixels.reserve(pixels)
+            except Overloaded:
+                self.cancel.check()
+                await asyncio.sleep(delay)
+                delay = min(0.05, delay * 2)
 
     def deadline_passed(self) -> bool:
         """True once the client's deadline has passed (grpc then cancels the handler)."""

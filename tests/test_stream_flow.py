@@ -204,3 +204,17 @@ def test_concurrent_unary_caption_clients_wait_in_the_default_queue(registry):
         with ThreadPoolExecutor(clients) as pool:
             results = list(pool.map(one, range(clients)))
         assert all(isinstance(out, CaptionOutput) for outs in results for out in outs)
+
+
+def test_caption_stream_items_wait_for_the_pixel_budget_instead_of_failing(registry):
+    """A stream's items each fit the server-wide decoded-pixel budget but not all at once: they wait
+    for room (the stream was admitted) rather than failing one by one with RESOURCE_EXHAUSTED."""
+    images = [png(40, 30, seed) for seed in range(24)]
+    settings = BASE.replace(max_pixels_in_flight=2 * 40 * 30 + 100)  # two RGB PNGs of 40x30 at a time
+    with running_server(["captioning"], settings, registry=registry) as srv, \
+            CaptioningClient(srv.address, timeout=120) as client:
+        answers = list(client.caption_many(images, window=16))
+        assert sorted(i for i, _ in answers) == list(range(len(images)))
+        assert all(isinstance(o, CaptionOutput) for _, o in answers), \
+            [o for _, o in answers if not isinstance(o, CaptionOutput)][:3]
+        assert srv.ctx.pixels.used == 0
