@@ -18,6 +18,7 @@ client library, and a gallery in ``demo-output/index.html``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -358,7 +359,8 @@ class Demo:
         *,
         model: str = "",
         **job,
-    ) -> None:
+    ):
+        """Run one style job through the service; returns its gallery section and the result image."""
         from pixelrpc.clients.style import StyleOutput, StyleStep
 
         start = time.perf_counter()
@@ -403,6 +405,7 @@ class Demo:
             f"{result.width}x{result.height}, loss {result.losses.total:.3g}",
             time.perf_counter() - start,
         )
+        return section, Image.open(io.BytesIO(result.png)).convert("RGB")
 
     def style_scene(self) -> None:
         scene = Image.fromarray(self.scenes[5].image)
@@ -421,7 +424,7 @@ class Demo:
     def style_tubingen(self, shared: Path) -> None:
         content = Image.open(shared / "styles" / "tubingen.jpg").convert("RGB")
         style = Image.open(shared / "styles" / "starry_night.jpg").convert("RGB")
-        self.stylize(
+        section, ours = self.stylize(
             "Style transfer: Tübingen after The Starry Night (Caffe SqueezeNet 1.1 trunk)",
             "style: Tübingen x Starry Night",
             content,
@@ -432,6 +435,35 @@ class Demo:
             iterations=self.style_iterations,
             decay_at=max(1, int(self.style_iterations * 0.9)),
         )
+        self.notebook_beside(section, content, style, ours)
+
+    def notebook_beside(self, section, content: Image.Image, style: Image.Image, ours: Image.Image) -> None:
+        """The CS231n notebook's loop on the same Caffe trunk with the notebook's weights, in this process,
+        beside PixelRPC's result, with the style distance of both (lower: more stylised)."""
+        from pixelrpc.models.registry import ModelCache
+        from pixelrpc.models.style import get_preset
+        from pixelrpc.models.style.notebook import notebook_style_transfer, style_distance
+
+        start = time.perf_counter()
+        model = ModelCache(self.registry).get(CAFFE_NAME).model
+        preset = get_preset("starry_night")
+        run = notebook_style_transfer(model, content, style, **preset.kwargs(), iterations=self.style_iterations,
+                                      decay_lr_at=max(1, int(self.style_iterations * 0.9)))
+        run.image.save(self.out / "style_tubingen_notebook.png")
+
+        def distance(img: Image.Image) -> float:
+            return style_distance(model, img, style, preset.style_size, preset.style_layers)
+
+        d_nb, d_ours = distance(run.image), distance(ours)
+        text = (f"style distance (mean relative Gram distance to the style at layers {preset.style_layers}): "
+                f"assignment loop {d_nb:.3f} in {run.wall_s:.1f} s, PixelRPC {d_ours:.3f}")
+        print(f"  {text}")
+        section.text += f"; {text}"
+        section.figures.append(gallery_lib.Figure("style_tubingen_notebook.png",
+                                                  "assignment loop (notebook weights)", 256))
+        self.record["style_tubingen"].update(style_distance=d_ours, notebook_style_distance=d_nb)
+        self.summary.add("style: notebook loop, same trunk", CAFFE_NAME, f"distance {d_nb:.3f} vs {d_ours:.3f}",
+                         time.perf_counter() - start)
 
 
 def _models_section(demo: Demo, registry, info: dict) -> None:

@@ -19,6 +19,7 @@ from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
 
 _INITS = {"content": pb.STYLE_INIT_CONTENT, "random": pb.STYLE_INIT_RANDOM}
+_OPTIMIZERS = {"adam": pb.STYLE_OPTIMIZER_ADAM, "lbfgs": pb.STYLE_OPTIMIZER_LBFGS}
 # keyword -> StyleParameters field
 _SCALARS = {"image_size": "image_size", "style_size": "style_size", "content_layer": "content_layer",
             "content_weight": "content_weight", "tv_weight": "tv_weight", "iterations": "iterations",
@@ -80,10 +81,11 @@ class StyleOutput:
 def build_job(content: ImageInput, styles: Sequence[ImageInput], *, style_weights: Sequence[float] | None = None,
               preset: str = "", model: str = "", seed: int | None = None, style_layers: Sequence[int] | None = None,
               layer_weights: Sequence[float] | None = None, init: str | None = None,
-              preserve_color: bool = False, **params) -> pb.StyleJob:
+              preserve_color: bool = False, optimizer: str | None = None, **params) -> pb.StyleJob:
     """A ``StyleJob``. ``style_weights`` blend the style images; ``style_layers``/``layer_weights`` are the
     per-layer style weights; other keywords (image_size, style_size, content_layer, content_weight,
-    tv_weight, iterations, lr, decayed_lr, decay_at) override the preset. ``model`` is NAME[:VERSION]."""
+    tv_weight, iterations, lr, decayed_lr, decay_at) override the preset. ``model`` is NAME[:VERSION].
+    ``optimizer``: "adam" (default) or "lbfgs"."""
     unknown = set(params) - set(_SCALARS)
     if unknown:
         raise TypeError(f"unknown style parameter(s) {sorted(unknown)}; known: {sorted(_SCALARS)}")
@@ -100,6 +102,10 @@ def build_job(content: ImageInput, styles: Sequence[ImageInput], *, style_weight
         if init not in _INITS:
             raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
         parameters.init = _INITS[init]
+    if optimizer is not None:
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
+        parameters.optimizer = _OPTIMIZERS[optimizer]
     name, _, version = model.partition(":")
     job = pb.StyleJob(content=image_pb(content), preset=preset, parameters=parameters,
                       model=common_pb2.ModelRef(name=name, version=int(version or 0)))

@@ -25,7 +25,7 @@ from pixelrpc.models.registry import LoadedModel
 from pixelrpc.models.style import PRESETS, StyleProgress, get_preset, style_transfer_steps
 from pixelrpc.models.style.presets import multipliers_for
 from pixelrpc.services.convert import image_pb_from_pil
-from pixelrpc.services.runtime import Call, ImageAdmission, Planner, ServiceContext, rpc
+from pixelrpc.services.runtime import Call, ImageAdmission, Planner, ServiceContext, rpc, trim_heap
 from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -38,8 +38,9 @@ DEFAULT_MODELS = ("squeezenet1_1-caffe", "squeezenet1_1", "shapes-squeezenet")
 MAX_STYLES = 8
 # Schedule defaults (the assignment's); presets set the rest.
 SCHEDULE = {"iterations": 200, "lr": 3.0, "decayed_lr": 0.1, "decay_at": 180, "init": "content",
-            "preserve_color": False}
+            "preserve_color": False, "optimizer": "adam"}
 _INIT_NAMES = {pb.STYLE_INIT_CONTENT: "content", pb.STYLE_INIT_RANDOM: "random"}
+_OPTIMIZER_NAMES = {pb.STYLE_OPTIMIZER_ADAM: "adam", pb.STYLE_OPTIMIZER_LBFGS: "lbfgs"}
 # StyleParameters field -> style_transfer_steps keyword
 _SCALAR_FIELDS = {"image_size": "image_size", "style_size": "style_size", "content_layer": "content_layer",
                   "content_weight": "content_weight", "tv_weight": "tv_weight", "iterations": "iterations",
@@ -78,6 +79,11 @@ def resolve_parameters(job: pb.StyleJob) -> dict:
             raise InvalidInput(f"parameters.init {given.init} is not a StyleInit value", field="job.parameters.init")
         params["init"] = _INIT_NAMES[given.init]
     params["preserve_color"] = bool(given.preserve_color)
+    if given.optimizer != pb.STYLE_OPTIMIZER_UNSPECIFIED:
+        if given.optimizer not in _OPTIMIZER_NAMES:
+            raise InvalidInput(f"parameters.optimizer {given.optimizer} is not a StyleOptimizer value",
+                               field="job.parameters.optimizer")
+        params["optimizer"] = _OPTIMIZER_NAMES[given.optimizer]
     return params
 
 
@@ -85,7 +91,9 @@ def parameters_pb(params: dict) -> pb.StyleParameters:
     """The resolved parameters, as the request would have spelled them."""
     out = pb.StyleParameters(style_layers=list(params["style_layers"]), style_weights=list(params["style_weights"]),
                              init=pb.STYLE_INIT_RANDOM if params["init"] == "random" else pb.STYLE_INIT_CONTENT,
-                             preserve_color=params["preserve_color"])
+                             preserve_color=params["preserve_color"],
+                             optimizer=pb.STYLE_OPTIMIZER_LBFGS if params.get("optimizer") == "lbfgs"
+                             else pb.STYLE_OPTIMIZER_ADAM)
     for name, key in _SCALAR_FIELDS.items():
         setattr(out, name, params[key])
     return out
@@ -147,10 +155,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         return admitted, loaded, params
 
     def _steps(self, plan: StylePlan, call: Call, preview_every: int):
-        return style_transfer_steps(
+        return _trimmed(style_transfer_steps(
             plan.content, plan.styles, model=plan.loaded.model, style_blend=plan.blend,
             weight_multipliers=multipliers_for(plan.loaded.manifest.metadata), seed=plan.seed,
-            preview_every=preview_every, cancel=call.cancel, **plan.kwargs)
+            preview_every=preview_every, cancel=call.cancel, **plan.kwargs))
 
     async def _run(self, job: pb.StyleJob, call: Call, preview_every: int):
         seed = resolve_seed(job.seed if job.HasField("seed") else None, "job.seed")
@@ -195,6 +203,17 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         presets = [pb.StylePreset(name=name, parameters=parameters_pb(dict(SCHEDULE, **p.kwargs())))
                    for name, p in sorted(PRESETS.items())]
         return pb.ListStylePresetsResponse(presets=presets, meta=call.meta())
+
+
+def _trimmed(steps):
+    """``steps``, then (finished, failed or closed) its tensors freed and the heap's free pages handed back
+    to the OS: a 512 px job's activations are hundreds of MiB that glibc would otherwise keep."""
+    try:
+        yield from steps
+    finally:
+        steps.close()
+        del steps
+        trim_heap()
 
 
 def _losses(p: StyleProgress) -> pb.StyleLosses:

@@ -73,9 +73,10 @@ class Balance:
 
 def relative_losses(model, content: Image.Image, style: Image.Image, preset: StylePreset, k: float, *,
                     iterations: int = 200, seed: int = 0) -> Balance:
-    """Run ``preset`` with the multipliers of scale ``k`` and measure the balance of its result."""
+    """Run ``preset`` with the multipliers of scale ``k`` and measure the balance of its result (in
+    float32: bfloat16 rounding is not invariant under the feature scale the calibration relies on)."""
     kwargs = dict(preset.kwargs(), model=model, weight_multipliers=multipliers_for_scale(k),
-                  iterations=iterations, seed=seed)
+                  iterations=iterations, seed=seed, precision="float32")
     objective = style_objective(content, [style], **kwargs)
     with torch.no_grad():
         c_noise = objective.losses(objective.noise_image(seed))[0].item()

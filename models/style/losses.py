@@ -56,18 +56,38 @@ def content_loss(content_weight: float, content_current: torch.Tensor,
     return content_weight * (content_current - content_original).pow(2).sum()
 
 
+class _Gram(torch.autograd.Function):
+    """``F F^T`` of (N, C, M) features with the backward ``(dG + dG^T) F``: one matrix product instead
+    of autograd's two (and no sum of their results). Low-precision features (bfloat16, float16) give a
+    float32 Gram matrix; their gradient is returned in their own dtype."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        gram = torch.bmm(flat, flat.transpose(1, 2))  # (N, C, C)
+        return gram.float() if flat.dtype in (torch.bfloat16, torch.float16) else gram
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (flat,) = ctx.saved_tensors
+        sym = (grad + grad.transpose(1, 2)).to(flat.dtype)  # (N, C, C), symmetric
+        if flat.stride(1) == 1:  # channels-last features: return the gradient in their layout
+            return torch.bmm(flat.transpose(1, 2), sym).transpose(1, 2)  # (N, C, M) = ((N, M, C))^T
+        return torch.bmm(sym, flat)  # (N, C, M)
+
+
 def gram_matrix(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Gram matrices ``G[n, c, d] = sum_{h,w} F[n, c, h, w] F[n, d, h, w]`` of a batch of feature maps.
 
     Inputs:
-    - features: (N, C, H, W).
+    - features: (N, C, H, W); bfloat16 or float16 features give a float32 result.
     - normalize: divide by the number of entries of one feature map, H * W * C.
 
     Returns: (N, C, C).
     """
     n, c, h, w = features.shape
     flat = features.reshape(n, c, h * w)  # (N, C, H*W)
-    gram = torch.bmm(flat, flat.transpose(1, 2))  # (N, C, C)
+    gram = _Gram.apply(flat)  # (N, C, C)
     if normalize:
         gram = gram / (h * w * c)
     return gram

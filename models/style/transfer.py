@@ -48,6 +48,25 @@ from pixelrpc.models.style.space import (
 )
 
 INITS = ("content", "random")
+OPTIMIZERS = ("adam", "lbfgs")
+PRECISIONS = ("auto", "float32", "bfloat16")
+# L-BFGS: the curvature pairs of the last 10 iterations; at most 6 function evaluations per iteration
+# (its start point and the strong-Wolfe line search).
+LBFGS_HISTORY = 10
+LBFGS_MAX_EVAL = 6
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``precision="auto"`` runs the network in bfloat16 on ``device``: a CPU with native
+    bfloat16 arithmetic (AVX512-BF16 or AMX) through oneDNN; float32 everywhere else."""
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except Exception:  # noqa: BLE001 - a private probe; any failure means "no"
+        return False
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,7 @@ class StyleProgress:
     preview: Image.Image | None = None  # every ``preview_every`` steps
     final: bool = False
     image: Image.Image | None = None  # the result, on the final report only
+    evaluations: int = 0  # function evaluations (loss and gradient) so far; one per Adam step
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,8 @@ class _Job:
     seed: int
     preview_every: int
     cancel: CancelToken | None
+    optimizer: str = "adam"
+    precision: str = "auto"
 
 
 def style_transfer(content: Image.Image, styles: Sequence[Image.Image], **kwargs) -> Image.Image:
@@ -134,6 +156,8 @@ def style_transfer_steps(
     preview_every: int = 0,
     weight_multipliers: WeightMultipliers | Mapping | None = None,
     cancel: CancelToken | None = None,
+    optimizer: str = "adam",
+    precision: str = "auto",
 ) -> Iterator[StyleProgress]:
     """Stylise ``content`` after ``styles``, one Adam step per ``next()``.
 
@@ -157,6 +181,14 @@ def style_transfer_steps(
     - weight_multipliers: the model's ``WeightMultipliers`` (or a manifest's metadata mapping holding
       them); default none (all 1).
     - cancel: polled before every step.
+    - optimizer: 'adam' (the assignment's schedule above) or 'lbfgs': L-BFGS on the same objective,
+      one iteration per step (history 10, strong-Wolfe line search: 1 to 6 function evaluations per
+      iteration), no clamping and no learning-rate schedule (lr, decayed_lr, decay_at and
+      clamp_until are ignored); it always runs in float32 (bfloat16 gradients spoil its curvature
+      pairs). ``StyleProgress.evaluations`` counts the function evaluations.
+    - precision: 'float32', 'bfloat16' (the network's forward and backward under bfloat16 autocast;
+      Gram matrices, losses, the image and the optimiser stay float32), or 'auto': bfloat16 on a CPU
+      with native bfloat16 arithmetic (``native_bf16``), float32 elsewhere.
 
     Returns: a generator of ``StyleProgress``; the last one has ``final=True`` and ``image`` set.
     """
@@ -165,7 +197,8 @@ def style_transfer_steps(
                  style_layers=style_layers, style_weights=style_weights, tv_weight=tv_weight, init=init,
                  iterations=iterations, lr=lr, decayed_lr=decayed_lr, decay_at=decay_at,
                  clamp_until=clamp_until, preserve_color=preserve_color, seed=seed,
-                 preview_every=preview_every, weight_multipliers=weight_multipliers, cancel=cancel)
+                 preview_every=preview_every, weight_multipliers=weight_multipliers, cancel=cancel,
+                 optimizer=optimizer, precision=precision)
     return _run(job)
 
 
@@ -207,7 +240,8 @@ def _features_of(model) -> torch.nn.Sequential:
 
 def _check(content, styles, *, model, style_blend, image_size, style_size, content_layer, content_weight,
            style_layers, style_weights, tv_weight, init, iterations, lr, decayed_lr, decay_at, clamp_until,
-           preserve_color, seed, preview_every, weight_multipliers, cancel) -> _Job:
+           preserve_color, seed, preview_every, weight_multipliers, cancel, optimizer="adam",
+           precision="auto") -> _Job:
     features = _features_of(model)
     n_layers = len(features)
     if not isinstance(content, Image.Image):
@@ -247,6 +281,12 @@ def _check(content, styles, *, model, style_blend, image_size, style_size, conte
         mult = WeightMultipliers.from_metadata(weight_multipliers)
     else:
         mult = WeightMultipliers(**{k: float(v) for k, v in weight_multipliers.items()})
+    if optimizer not in OPTIMIZERS:
+        raise InvalidInput(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}", field="optimizer")
+    if precision not in PRECISIONS:
+        raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", field="precision")
+    if precision == "auto":
+        precision = "bfloat16" if optimizer == "adam" and native_bf16(_device_of(features)) else "float32"
     if seed is None:
         seed = secrets.randbits(63)
     return _Job(
@@ -263,6 +303,7 @@ def _check(content, styles, *, model, style_blend, image_size, style_size, conte
         clamp_until=_integer(clamp_until, "clamp_until", minimum=0),
         preserve_color=bool(preserve_color), seed=_integer(seed, "seed", minimum=-(2**63)),
         preview_every=_integer(preview_every, "preview_every", minimum=0), cancel=cancel,
+        optimizer=optimizer, precision=precision,
     )
 
 
@@ -293,11 +334,24 @@ class StyleObjective:
             self.content_z = pixels_to_reference(gray(content_y))  # (1, 3, H, W)
         else:
             self.content_z = pixels_to_reference(self.content_pixels)  # (1, 3, H, W)
-        self.upto = max((job.content_layer, *job.style_layers))
+        self.upto = max((job.content_layer, *job.style_layers))  # modules past the deepest layer used never run
+        self.bf16 = job.precision == "bfloat16"
+        self.evaluations = 0  # of the loss and its gradient, by the optimiser
         with torch.no_grad():
-            self.content_target = extract_features(job.space.to_model(self.content_z), job.features,
-                                                   job.content_layer)[-1]  # (1, C, h, w)
+            self.content_target = self.features(self.content_z, job.content_layer)[-1].float()  # (1, C, h, w)
             self.style_targets = self._style_targets(style_p)
+
+    def features(self, z: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        """The network's features of reference-space images z (N, 3, H, W) up to module ``upto``, in
+        the job's precision (``gram_matrix`` turns bfloat16 into float32 Gram matrices).
+
+        The network runs channels-last: the same numbers, and CPU max pooling is an order of magnitude
+        faster on that layout."""
+        x = self.job.space.to_model(z).contiguous(memory_format=torch.channels_last)
+        if not self.bf16:
+            return extract_features(x, self.job.features, upto)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return extract_features(x, self.job.features, upto)
 
     def _style_targets(self, style_pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Blended Gram matrices, one (1, C_l, C_l) per style layer; styles of one size share a batch."""
@@ -313,7 +367,7 @@ class StyleObjective:
             batch = torch.cat([style_pixels[i] for i in indices])  # (n, 3, Hs, Ws)
             weights = torch.tensor([job.blend[i] for i in indices], dtype=batch.dtype,
                                    device=batch.device).view(-1, 1, 1)  # (n, 1, 1)
-            feats = extract_features(job.space.to_model(pixels_to_reference(batch)), job.features, upto)
+            feats = self.features(pixels_to_reference(batch), upto)
             grams = [(gram_matrix(feats[layer]) * weights).sum(0, keepdim=True)  # (1, C_l, C_l)
                      for layer in job.style_layers]
             targets = grams if targets is None else [t + g for t, g in zip(targets, grams, strict=True)]
@@ -323,8 +377,8 @@ class StyleObjective:
     def losses(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Weighted (content, style, tv) losses of the image z, (1, 3, H, W) in reference space."""
         job = self.job
-        feats = extract_features(job.space.to_model(z), job.features, self.upto)
-        c = content_loss(job.content_weight, feats[job.content_layer], self.content_target)
+        feats = self.features(z, self.upto)
+        c = content_loss(job.content_weight, feats[job.content_layer].float(), self.content_target)
         s = style_loss(feats, job.style_layers, self.style_targets, job.style_weights)
         t = tv_loss(z, job.tv_weight)
         return c, s, t
@@ -360,6 +414,22 @@ def _run(job: _Job) -> Iterator[StyleProgress]:
     start = time.perf_counter()
     objective = StyleObjective(job)
     z = objective.initial_image().requires_grad_(True)  # (1, 3, H, W)
+    steps = _lbfgs_steps(job, objective, z) if job.optimizer == "lbfgs" else _adam_steps(job, objective, z)
+    for t, (c, s, tv, total, rate) in enumerate(steps):
+        done = t + 1
+        preview = objective.to_image(z) if job.preview_every and done % job.preview_every == 0 else None
+        yield StyleProgress(done, job.iterations, c, s, tv, total, time.perf_counter() - start, rate, job.seed,
+                            preview=preview, evaluations=objective.evaluations)
+
+    with torch.no_grad():
+        c, s, tv = objective.losses(z)
+    yield StyleProgress(job.iterations, job.iterations, c.item(), s.item(), tv.item(), (c + s + tv).item(),
+                        time.perf_counter() - start, rate, job.seed, final=True, image=objective.to_image(z),
+                        evaluations=objective.evaluations)
+
+
+def _adam_steps(job: _Job, objective: StyleObjective, z: torch.Tensor):
+    """The assignment's schedule: yields (content, style, tv, total, lr) of the image each step started from."""
     optimizer = torch.optim.Adam([z], lr=job.lr)
     rate = job.lr
     for t in range(job.iterations):
@@ -371,16 +441,41 @@ def _run(job: _Job) -> Iterator[StyleProgress]:
         c, s, tv = objective.losses(z)
         total = c + s + tv
         (z.grad,) = torch.autograd.grad(total, [z])  # the image's gradient only, never the network's
+        objective.evaluations += 1
         if t == job.decay_at:
             optimizer = torch.optim.Adam([z], lr=job.decayed_lr)
             rate = job.decayed_lr
         optimizer.step()
-        done = t + 1
-        preview = objective.to_image(z) if job.preview_every and done % job.preview_every == 0 else None
-        yield StyleProgress(done, job.iterations, c.item(), s.item(), tv.item(), total.item(),
-                            time.perf_counter() - start, rate, job.seed, preview=preview)
+        yield c.item(), s.item(), tv.item(), total.item(), rate
 
-    with torch.no_grad():
+
+def _lbfgs_steps(job: _Job, objective: StyleObjective, z: torch.Tensor):
+    """L-BFGS with a strong-Wolfe line search, one iteration per step; yields what ``_adam_steps``
+    yields (lr 1) for the point each iteration started from. ``objective.evaluations`` counts the
+    function evaluations (an iteration's start point is the previous line search's last point:
+    it is not evaluated twice)."""
+    optimizer = torch.optim.LBFGS([z], lr=1.0, max_iter=1, max_eval=LBFGS_MAX_EVAL, history_size=LBFGS_HISTORY,
+                                  line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+    last: dict = {}
+
+    def closure() -> torch.Tensor:
+        if "z" in last and torch.equal(last["z"], z):  # the point last evaluated
+            z.grad = last["grad"]
+            return last["total"]
+        if job.cancel is not None:
+            job.cancel.check()
         c, s, tv = objective.losses(z)
-    yield StyleProgress(job.iterations, job.iterations, c.item(), s.item(), tv.item(), (c + s + tv).item(),
-                        time.perf_counter() - start, rate, job.seed, final=True, image=objective.to_image(z))
+        total = c + s + tv
+        (z.grad,) = torch.autograd.grad(total, [z])
+        objective.evaluations += 1
+        last.update(z=z.detach().clone(), grad=z.grad, total=total.detach(), terms=(c, s, tv))
+        return total
+
+    for _ in range(job.iterations):
+        if job.cancel is not None:
+            job.cancel.check()
+        closure()
+        c, s, tv = last["terms"]
+        total = last["total"]
+        optimizer.step(closure)
+        yield c.item(), s.item(), tv.item(), total.item(), 1.0

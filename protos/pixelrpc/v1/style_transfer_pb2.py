@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pixelrpc.v1 import common_pb2 as pixelrpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n pixelrpc/v1/style_transfer.proto\x12\x0bpixelrpc.v1\x1a\x18pixelrpc/v1/common.proto\"O\n\nStyleImage\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\x12\x13\n\x06weight\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_weight\"\x88\x04\n\x0fStyleParameters\x12\x17\n\nimage_size\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nstyle_size\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rcontent_layer\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0e\x63ontent_weight\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x0cstyle_layers\x18\x05 \x03(\r\x12\x15\n\rstyle_weights\x18\x06 \x03(\x01\x12\x16\n\ttv_weight\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x17\n\niterations\x18\x08 \x01(\rH\x05\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\t \x01(\x01H\x06\x88\x01\x01\x12\"\n\x15\x64\x65\x63\x61yed_learning_rate\x18\n \x01(\x01H\x07\x88\x01\x01\x12\x15\n\x08\x64\x65\x63\x61y_at\x18\x0b \x01(\rH\x08\x88\x01\x01\x12$\n\x04init\x18\x0c \x01(\x0e\x32\x16.pixelrpc.v1.StyleInit\x12\x16\n\x0epreserve_color\x18\r \x01(\x08\x42\r\n\x0b_image_sizeB\r\n\x0b_style_sizeB\x10\n\x0e_content_layerB\x11\n\x0f_content_weightB\x0c\n\n_tv_weightB\r\n\x0b_iterationsB\x10\n\x0e_learning_rateB\x18\n\x16_decayed_learning_rateB\x0b\n\t_decay_at\"\xdc\x01\n\x08StyleJob\x12#\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\x12\'\n\x06styles\x18\x02 \x03(\x0b\x32\x17.pixelrpc.v1.StyleImage\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x30\n\nparameters\x18\x04 \x01(\x0b\x32\x1c.pixelrpc.v1.StyleParameters\x12$\n\x05model\x18\x05 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"K\n\x0eStylizeRequest\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.StyleJob\x12\x15\n\rpreview_every\x18\x02 \x01(\r\"9\n\x13StylizeUnaryRequest\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.StyleJob\"H\n\x0bStyleLosses\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x01\x12\r\n\x05style\x18\x02 \x01(\x01\x12\n\n\x02tv\x18\x03 \x01(\x01\x12\r\n\x05total\x18\x04 \x01(\x01\"\xb0\x01\n\rStyleProgress\x12\x11\n\titeration\x18\x01 \x01(\r\x12\x12\n\niterations\x18\x02 \x01(\r\x12(\n\x06losses\x18\x03 \x01(\x0b\x32\x18.pixelrpc.v1.StyleLosses\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12#\n\x07preview\x18\x06 \x01(\x0b\x32\x12.pixelrpc.v1.Image\"\xd4\x01\n\x0bStyleResult\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12(\n\x06losses\x18\x04 \x01(\x0b\x32\x18.pixelrpc.v1.StyleLosses\x12\x30\n\nparameters\x18\x05 \x01(\x0b\x32\x1c.pixelrpc.v1.StyleParameters\x12\'\n\x04meta\x18\x06 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta\"v\n\x0fStylizeResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.pixelrpc.v1.StyleProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.pixelrpc.v1.StyleResultH\x00\x42\x07\n\x05\x65vent\"@\n\x14StylizeUnaryResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.pixelrpc.v1.StyleResult\"\x19\n\x17ListStylePresetsRequest\"M\n\x0bStylePreset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\nparameters\x18\x02 \x01(\x0b\x32\x1c.pixelrpc.v1.StyleParameters\"n\n\x18ListStylePresetsResponse\x12)\n\x07presets\x18\x01 \x03(\x0b\x32\x18.pixelrpc.v1.StylePreset\x12\'\n\x04meta\x18\x02 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta*V\n\tStyleInit\x12\x1a\n\x16STYLE_INIT_UNSPECIFIED\x10\x00\x12\x16\n\x12STYLE_INIT_CONTENT\x10\x01\x12\x15\n\x11STYLE_INIT_RANDOM\x10\x02\x32\x94\x02\n\x14StyleTransferService\x12\x46\n\x07Stylize\x12\x1b.pixelrpc.v1.StylizeRequest\x1a\x1c.pixelrpc.v1.StylizeResponse0\x01\x12S\n\x0cStylizeUnary\x12 .pixelrpc.v1.StylizeUnaryRequest\x1a!.pixelrpc.v1.StylizeUnaryResponse\x12_\n\x10ListStylePresets\x12$.pixelrpc.v1.ListStylePresetsRequest\x1a%.pixelrpc.v1.ListStylePresetsResponseB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n pixelrpc/v1/style_transfer.proto\x12\x0bpixelrpc.v1\x1a\x18pixelrpc/v1/common.proto\"O\n\nStyleImage\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\x12\x13\n\x06weight\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_weight\"\xb8\x04\n\x0fStyleParameters\x12\x17\n\nimage_size\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nstyle_size\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rcontent_layer\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0e\x63ontent_weight\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x0cstyle_layers\x18\x05 \x03(\r\x12\x15\n\rstyle_weights\x18\x06 \x03(\x01\x12\x16\n\ttv_weight\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x17\n\niterations\x18\x08 \x01(\rH\x05\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\t \x01(\x01H\x06\x88\x01\x01\x12\"\n\x15\x64\x65\x63\x61yed_learning_rate\x18\n \x01(\x01H\x07\x88\x01\x01\x12\x15\n\x08\x64\x65\x63\x61y_at\x18\x0b \x01(\rH\x08\x88\x01\x01\x12$\n\x04init\x18\x0c \x01(\x0e\x32\x16.pixelrpc.v1.StyleInit\x12\x16\n\x0epreserve_color\x18\r \x01(\x08\x12.\n\toptimizer\x18\x0e \x01(\x0e\x32\x1b.pixelrpc.v1.StyleOptimizerB\r\n\x0b_image_sizeB\r\n\x0b_style_sizeB\x10\n\x0e_content_layerB\x11\n\x0f_content_weightB\x0c\n\n_tv_weightB\r\n\x0b_iterationsB\x10\n\x0e_learning_rateB\x18\n\x16_decayed_learning_rateB\x0b\n\t_decay_at\"\xdc\x01\n\x08StyleJob\x12#\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\x12\'\n\x06styles\x18\x02 \x03(\x0b\x32\x17.pixelrpc.v1.StyleImage\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12\x30\n\nparameters\x18\x04 \x01(\x0b\x32\x1c.pixelrpc.v1.StyleParameters\x12$\n\x05model\x18\x05 \x01(\x0b\x32\x15.pixelrpc.v1.ModelRef\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"K\n\x0eStylizeRequest\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.StyleJob\x12\x15\n\rpreview_every\x18\x02 \x01(\r\"9\n\x13StylizeUnaryRequest\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.pixelrpc.v1.StyleJob\"H\n\x0bStyleLosses\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x01\x12\r\n\x05style\x18\x02 \x01(\x01\x12\n\n\x02tv\x18\x03 \x01(\x01\x12\r\n\x05total\x18\x04 \x01(\x01\"\xb0\x01\n\rStyleProgress\x12\x11\n\titeration\x18\x01 \x01(\r\x12\x12\n\niterations\x18\x02 \x01(\r\x12(\n\x06losses\x18\x03 \x01(\x0b\x32\x18.pixelrpc.v1.StyleLosses\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12#\n\x07preview\x18\x06 \x01(\x0b\x32\x12.pixelrpc.v1.Image\"\xd4\x01\n\x0bStyleResult\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.pixelrpc.v1.Image\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12(\n\x06losses\x18\x04 \x01(\x0b\x32\x18.pixelrpc.v1.StyleLosses\x12\x30\n\nparameters\x18\x05 \x01(\x0b\x32\x1c.pixelrpc.v1.StyleParameters\x12\'\n\x04meta\x18\x06 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta\"v\n\x0fStylizeResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.pixelrpc.v1.StyleProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.pixelrpc.v1.StyleResultH\x00\x42\x07\n\x05\x65vent\"@\n\x14StylizeUnaryResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.pixelrpc.v1.StyleResult\"\x19\n\x17ListStylePresetsRequest\"M\n\x0bStylePreset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\nparameters\x18\x02 \x01(\x0b\x32\x1c.pixelrpc.v1.StyleParameters\"n\n\x18ListStylePresetsResponse\x12)\n\x07presets\x18\x01 \x03(\x0b\x32\x18.pixelrpc.v1.StylePreset\x12\'\n\x04meta\x18\x02 \x01(\x0b\x32\x19.pixelrpc.v1.ResponseMeta*V\n\tStyleInit\x12\x1a\n\x16STYLE_INIT_UNSPECIFIED\x10\x00\x12\x16\n\x12STYLE_INIT_CONTENT\x10\x01\x12\x15\n\x11STYLE_INIT_RANDOM\x10\x02*f\n\x0eStyleOptimizer\x12\x1f\n\x1bSTYLE_OPTIMIZER_UNSPECIFIED\x10\x00\x12\x18\n\x14STYLE_OPTIMIZER_ADAM\x10\x01\x12\x19\n\x15STYLE_OPTIMIZER_LBFGS\x10\x02\x32\x94\x02\n\x14StyleTransferService\x12\x46\n\x07Stylize\x12\x1b.pixelrpc.v1.StylizeRequest\x1a\x1c.pixelrpc.v1.StylizeResponse0\x01\x12S\n\x0cStylizeUnary\x12 .pixelrpc.v1.StylizeUnaryRequest\x1a!.pixelrpc.v1.StylizeUnaryResponse\x12_\n\x10ListStylePresets\x12$.pixelrpc.v1.ListStylePresetsRequest\x1a%.pixelrpc.v1.ListStylePresetsResponseB\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pixelrpc.v1.style_transfer_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
-  _globals['_STYLEINIT']._serialized_start=1910
-  _globals['_STYLEINIT']._serialized_end=1996
+  _globals['_STYLEINIT']._serialized_start=1958
+  _globals['_STYLEINIT']._serialized_end=2044
+  _globals['_STYLEOPTIMIZER']._serialized_start=2046
+  _globals['_STYLEOPTIMIZER']._serialized_end=2148
   _globals['_STYLEIMAGE']._serialized_start=75
   _globals['_STYLEIMAGE']._serialized_end=154
   _globals['_STYLEPARAMETERS']._serialized_start=157
-  _globals['_STYLEPARAMETERS']._serialized_end=677
-  _globals['_STYLEJOB']._serialized_start=680
-  _globals['_STYLEJOB']._serialized_end=900
-  _globals['_STYLIZEREQUEST']._serialized_start=902
-  _globals['_STYLIZEREQUEST']._serialized_end=977
-  _globals['_STYLIZEUNARYREQUEST']._serialized_start=979
-  _globals['_STYLIZEUNARYREQUEST']._serialized_end=1036
-  _globals['_STYLELOSSES']._serialized_start=1038
-  _globals['_STYLELOSSES']._serialized_end=1110
-  _globals['_STYLEPROGRESS']._serialized_start=1113
-  _globals['_STYLEPROGRESS']._serialized_end=1289
-  _globals['_STYLERESULT']._serialized_start=1292
-  _globals['_STYLERESULT']._serialized_end=1504
-  _globals['_STYLIZERESPONSE']._serialized_start=1506
-  _globals['_STYLIZERESPONSE']._serialized_end=1624
-  _globals['_STYLIZEUNARYRESPONSE']._serialized_start=1626
-  _globals['_STYLIZEUNARYRESPONSE']._serialized_end=1690
-  _globals['_LISTSTYLEPRESETSREQUEST']._serialized_start=1692
-  _globals['_LISTSTYLEPRESETSREQUEST']._serialized_end=1717
-  _globals['_STYLEPRESET']._serialized_start=1719
-  _globals['_STYLEPRESET']._serialized_end=1796
-  _globals['_LISTSTYLEPRESETSRESPONSE']._serialized_start=1798
-  _globals['_LISTSTYLEPRESETSRESPONSE']._serialized_end=1908
-  _globals['_STYLETRANSFERSERVICE']._serialized_start=1999
-  _globals['_STYLETRANSFERSERVICE']._serialized_end=2275
+  _globals['_STYLEPARAMETERS']._serialized_end=725
+  _globals['_STYLEJOB']._serialized_start=728
+  _globals['_STYLEJOB']._serialized_end=948
+  _globals['_STYLIZEREQUEST']._serialized_start=950
+  _globals['_STYLIZEREQUEST']._serialized_end=1025
+  _globals['_STYLIZEUNARYREQUEST']._serialized_start=1027
+  _globals['_STYLIZEUNARYREQUEST']._serialized_end=1084
+  _globals['_STYLELOSSES']._serialized_start=1086
+  _globals['_STYLELOSSES']._serialized_end=1158
+  _globals['_STYLEPROGRESS']._serialized_start=1161
+  _globals['_STYLEPROGRESS']._serialized_end=1337
+  _globals['_STYLERESULT']._serialized_start=1340
+  _globals['_STYLERESULT']._serialized_end=1552
+  _globals['_STYLIZERESPONSE']._serialized_start=1554
+  _globals['_STYLIZERESPONSE']._serialized_end=1672
+  _globals['_STYLIZEUNARYRESPONSE']._serialized_start=1674
+  _globals['_STYLIZEUNARYRESPONSE']._serialized_end=1738
+  _globals['_LISTSTYLEPRESETSREQUEST']._serialized_start=1740
+  _globals['_LISTSTYLEPRESETSREQUEST']._serialized_end=1765
+  _globals['_STYLEPRESET']._serialized_start=1767
+  _globals['_STYLEPRESET']._serialized_end=1844
+  _globals['_LISTSTYLEPRESETSRESPONSE']._serialized_start=1846
+  _globals['_LISTSTYLEPRESETSRESPONSE']._serialized_end=1956
+  _globals['_STYLETRANSFERSERVICE']._serialized_start=2151
+  _globals['_STYLETRANSFERSERVICE']._serialized_end=2427
 # @@protoc_insertion_point(module_scope)

@@ -13,9 +13,18 @@ class StyleInit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STYLE_INIT_UNSPECIFIED: _ClassVar[StyleInit]
     STYLE_INIT_CONTENT: _ClassVar[StyleInit]
     STYLE_INIT_RANDOM: _ClassVar[StyleInit]
+
+class StyleOptimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STYLE_OPTIMIZER_UNSPECIFIED: _ClassVar[StyleOptimizer]
+    STYLE_OPTIMIZER_ADAM: _ClassVar[StyleOptimizer]
+    STYLE_OPTIMIZER_LBFGS: _ClassVar[StyleOptimizer]
 STYLE_INIT_UNSPECIFIED: StyleInit
 STYLE_INIT_CONTENT: StyleInit
 STYLE_INIT_RANDOM: StyleInit
+STYLE_OPTIMIZER_UNSPECIFIED: StyleOptimizer
+STYLE_OPTIMIZER_ADAM: StyleOptimizer
+STYLE_OPTIMIZER_LBFGS: StyleOptimizer
 
 class StyleImage(_message.Message):
     __slots__ = ("image", "weight")
@@ -26,7 +35,7 @@ class StyleImage(_message.Message):
     def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class StyleParameters(_message.Message):
-    __slots__ = ("image_size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights", "tv_weight", "iterations", "learning_rate", "decayed_learning_rate", "decay_at", "init", "preserve_color")
+    __slots__ = ("image_size", "style_size", "content_layer", "content_weight", "style_layers", "style_weights", "tv_weight", "iterations", "learning_rate", "decayed_learning_rate", "decay_at", "init", "preserve_color", "optimizer")
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_LAYER_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +49,7 @@ class StyleParameters(_message.Message):
     DECAY_AT_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
     PRESERVE_COLOR_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     image_size: int
     style_size: int
     content_layer: int
@@ -53,7 +63,8 @@ class StyleParameters(_message.Message):
     decay_at: int
     init: StyleInit
     preserve_color: bool
-    def __init__(self, image_size: _Optional[int] = ..., style_size: _Optional[int] = ..., content_layer: _Optional[int] = ..., content_weight: _Optional[float] = ..., style_layers: _Optional[_Iterable[int]] = ..., style_weights: _Optional[_Iterable[float]] = ..., tv_weight: _Optional[float] = ..., iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., decayed_learning_rate: _Optional[float] = ..., decay_at: _Optional[int] = ..., init: _Optional[_Union[StyleInit, str]] = ..., preserve_color: _Optional[bool] = ...) -> None: ...
+    optimizer: StyleOptimizer
+    def __init__(self, image_size: _Optional[int] = ..., style_size: _Optional[int] = ..., content_layer: _Optional[int] = ..., content_weight: _Optional[float] = ..., style_layers: _Optional[_Iterable[int]] = ..., style_weights: _Optional[_Iterable[float]] = ..., tv_weight: _Optional[float] = ..., iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., decayed_learning_rate: _Optional[float] = ..., decay_at: _Optional[int] = ..., init: _Optional[_Union[StyleInit, str]] = ..., preserve_color: _Optional[bool] = ..., optimizer: _Optional[_Union[StyleOptimizer, str]] = ...) -> None: ...
 
 class StyleJob(_message.Message):
     __slots__ = ("content", "styles", "preset", "parameters", "model", "seed")
