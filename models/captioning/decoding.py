@@ -310,6 +310,32 @@ def _gemm_for(dtype: np.dtype):
     return get_blas_funcs("gemm", dtype=dtype)
 
 
+SMALL_PRODUCT_ROWS = 16
+
+
+class _Product:
+    """``a @ w`` for any number of rows, through BLAS ``gemm`` kernels only.
+
+    In float32, fewer than ``SMALL_PRODUCT_ROWS`` rows go to scipy's Fortran ``gemm`` (never
+    ``gemv``; it keeps the GIL, but only briefly at that size) and more to ``numpy.matmul`` (CBLAS
+    ``gemm``, faster for many rows, and it lets the event loop run meanwhile); both reach the same
+    kernels. In float64 OpenBLAS's CBLAS and Fortran paths differ for some shapes, so every product
+    goes to scipy's. ``gemm_plan`` checks that every row count gives every row the same bits.
+    """
+
+    def __init__(self, w: np.ndarray):
+        self.c = np.ascontiguousarray(w)  # (K, M) for numpy
+        self.f = np.asfortranarray(w)  # (K, M) for scipy
+        self.gemm = _gemm_for(w.dtype)
+        self.shape, self.dtype = w.shape, w.dtype
+        self.small = SMALL_PRODUCT_ROWS if w.dtype == np.float32 else 1 << 62
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if a.shape[0] < self.small:  # C-ordered result: every caller gets rows laid out alike
+            return np.ascontiguousarray(self.gemm(1.0, np.asfortranarray(a), self.f))
+        return np.matmul(np.ascontiguousarray(a), self.c)
+
+
 _PLANS: dict[tuple, tuple[int, int]] = {}
 MAX_GEMM_ROWS = 256  # longer products are cut into 256-row pieces
 # Row counts compared, likely failures first: tails of 8-row micro-kernels, the small-matrix cut-off
@@ -318,7 +344,7 @@ _PROBE_ROWS = tuple(dict.fromkeys(
     (1, 2, 3, 5, 7, 9, 193, 195, 197, 199, 200, 208, 256, 255, 129, 128, 127, 96, 65, 64, 63, *range(1, 41))))
 
 
-def gemm_plan(gemm, w: np.ndarray) -> tuple[int, int]:
+def gemm_plan(product: _Product) -> tuple[int, int]:
     """``(min_rows, block)``: pad a product's rows up to a multiple of ``block``, and to at least
     ``min_rows``, so that every row gets the arithmetic it gets in any other product.
 
@@ -329,19 +355,19 @@ def gemm_plan(gemm, w: np.ndarray) -> tuple[int, int]:
     multiplied in each probed row count (padded by the plan) must equal, bitwise, the same rows
     inside a 256-row product; the smallest padding that passes wins.
     """
-    key = (gemm.typecode, w.shape)
+    key = (product.dtype.str, product.shape)
     if key in _PLANS:
         return _PLANS[key]
     rng = np.random.default_rng(0)
-    a = np.asfortranarray(rng.standard_normal((MAX_GEMM_ROWS, w.shape[0])).astype(w.dtype))
-    ref = gemm(1.0, a, w)
+    a = rng.standard_normal((MAX_GEMM_ROWS, product.shape[0])).astype(product.dtype)
+    ref = product(a)
 
     def passes(min_rows: int, block: int) -> bool:
         for r in _PROBE_ROWS:
             rows = max(min_rows, -(-r // block) * block)
-            padded = np.zeros((rows, a.shape[1]), dtype=a.dtype, order="F")
+            padded = np.zeros((rows, a.shape[1]), dtype=a.dtype)
             padded[:r] = a[:r]
-            if not np.array_equal(gemm(1.0, padded, w)[:r], ref[:r]):
+            if not np.array_equal(product(padded)[:r], ref[:r]):
                 return False
         return True
 
@@ -363,8 +389,8 @@ def _fingerprint(params: dict) -> tuple:
 
 def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
     """The decoding layout of the weights: ``word_terms = W_embed Wx + b`` (V, G), the input term of
-    every word, so a step multiplies by ``Wh`` only; ``Wh`` (H, G), ``W_vocab`` (H, V) and ``W_proj``
-    (D, H) Fortran-ordered for ``gemm``; ``b_vocab``, ``b_proj``. Built once per model and dtype
+    every word, so a step multiplies by ``Wh`` only; the products by ``Wh`` (H, G), ``W_vocab`` (H, V)
+    and ``W_proj`` (D, H) (``_Product``); ``b_vocab``, ``b_proj``. Built once per model and dtype
     (kept on the model) and rebuilt when its parameters change."""
     cache = model.__dict__.setdefault("_decode_weights", {})
     key = _fingerprint(model.params)
@@ -373,11 +399,9 @@ def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
         return hit[1]
     p = {k: np.asarray(v, dtype=dtype) for k, v in model.params.items()}
     # A word's input term x Wx + b depends on the word only: one table row per word.
-    gemm = _gemm_for(dtype)
-    word_terms = np.ascontiguousarray(gemm(1.0, np.asfortranarray(p["W_embed"]), np.asfortranarray(p["Wx"])))
-    word_terms += p["b"]  # (V, G)
-    weights = (word_terms, np.asfortranarray(p["Wh"]), np.asfortranarray(p["W_vocab"]), p["b_vocab"].copy(),
-               np.asfortranarray(p["W_proj"]), p["b_proj"].copy())
+    word_terms = _Product(p["Wx"])(p["W_embed"]) + p["b"]  # (V, G)
+    weights = (np.ascontiguousarray(word_terms), _Product(p["Wh"]), _Product(p["W_vocab"]), p["b_vocab"].copy(),
+               _Product(p["W_proj"]), p["b_proj"].copy())
     cache[dtype.str] = (key, weights)
     return weights
 
@@ -388,10 +412,10 @@ class BatchDecoder:
     ``add`` a request, call ``step`` until ``active`` is empty (requests may be added between
     steps), and collect each request's captions with ``pop_finished``.
 
-    Batch invariance in float32 (the default for float32 models): every product goes through the
-    BLAS ``gemm`` kernel with Fortran-ordered operands, whatever the number of rows (see
-    ``_gemm_for``), the element-wise math is per element, and the log-sum-exp of a row is a sum
-    over that row only (C-ordered, no buffering). So a row's numbers never depend on which other
+    Batch invariance in float32 (the default for float32 models) as in float64: every product goes
+    through the BLAS ``gemm`` kernels whatever the number of rows, padded where the BLAS would
+    switch kernels (``_Product``, ``gemm_plan``), the element-wise math is per element, and the
+    log-sum-exp of a row is a sum over that row only (C-ordered, no buffering). So a row's numbers never depend on which other
     rows share its step: a caption decoded alone and inside any batch is bitwise the same
     (tests/test_captioning_decoding.py checks every strategy at many batch sizes and positions).
     Greedy rows are advanced all at once with array operations; beam and sampling requests pick
@@ -410,13 +434,12 @@ class BatchDecoder:
         self.dtype = dtype
         self.max_length_limit = max_length_limit
         self.lstm = model.cell_type == "lstm"
-        self._gemm = _gemm_for(dtype)
         (self.word_terms, self.Wh, self.W_vocab, self.b_vocab, self.W_proj,
          self.b_proj) = _decode_weights(model, dtype)
-        self._plans = {id(w): gemm_plan(self._gemm, w) for w in (self.Wh, self.W_vocab, self.W_proj)}
+        self._plans = {id(w): gemm_plan(w) for w in (self.Wh, self.W_vocab, self.W_proj)}
         H, L = model.hidden_dim, max_length_limit
-        self.h = np.zeros((0, H), dtype=dtype, order="F")  # (R, H)
-        self.c = np.zeros((0, H), dtype=dtype, order="F")  # (R, H), LSTM only
+        self.h = np.zeros((0, H), dtype=dtype)  # (R, H)
+        self.c = np.zeros((0, H), dtype=dtype)  # (R, H), LSTM only
         self.last = np.zeros(0, dtype=np.int64)  # (R,) last token of each row
         # Greedy rows' bookkeeping (unused for beam and sampling rows): tokens so far, the caption's
         # max_length, its tokens and log-probabilities, and whether it streams its tokens.
@@ -440,20 +463,21 @@ class BatchDecoder:
         self._flush()
         return len(self.last)
 
-    def _mm(self, a: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """(R, K) @ (K, M) -> (R, M), Fortran-ordered; every row gets the same arithmetic whatever R
-        (``gemm_plan``: rows padded with zeros, products longer than 256 rows cut)."""
+    def _mm(self, a: np.ndarray, w: _Product) -> np.ndarray:
+        """(R, K) @ (K, M) -> (R, M); every row gets the same arithmetic whatever R (``gemm_plan``:
+        rows padded with zeros, products longer than 256 rows cut)."""
         R = a.shape[0]
         if R > MAX_GEMM_ROWS:
-            return np.asfortranarray(np.concatenate(
-                [self._mm(a[i: i + MAX_GEMM_ROWS], w) for i in range(0, R, MAX_GEMM_ROWS)]))
+            return np.concatenate([self._mm(a[i: i + MAX_GEMM_ROWS], w) for i in range(0, R, MAX_GEMM_ROWS)])
         min_rows, block = self._plans[id(w)]
         rows = max(min_rows, -(-R // block) * block)
         if rows == R:
-            return self._gemm(1.0, np.asfortranarray(a), w)
-        padded = np.zeros((rows, a.shape[1]), dtype=self.dtype, order="F")
+            return w(a)
+        padded = np.zeros((rows, a.shape[1]), dtype=self.dtype)
         padded[:R] = a
-        return np.asfortranarray(self._gemm(1.0, padded, w)[:R])
+        # A copy, not a view: numpy 2.4's in-place unary ufuncs (``np.negative(x, out=x)``) gave wrong
+        # values on a (1, N) view with a non-unit inner stride, the shape a padded F-ordered result has.
+        return np.ascontiguousarray(w(padded)[:R])
 
     def add(self, features: np.ndarray, options: DecodeOptions, *, events: bool = True) -> int:
         """Start decoding one request; returns its handle.
@@ -487,8 +511,8 @@ class BatchDecoder:
         H, L = self.h.shape[1], self.max_length_limit
         h0 = self._mm(np.stack([x for _, x, _ in pending]), self.W_proj) + self.b_proj  # (requests, H)
         h = np.repeat(h0, counts, axis=0)  # (n, H)
-        self.h = np.asfortranarray(np.concatenate([self.h, h]))
-        self.c = np.asfortranarray(np.concatenate([self.c, np.zeros((n, H), dtype=self.dtype)]))
+        self.h = np.concatenate([self.h, h])
+        self.c = np.concatenate([self.c, np.zeros((n, H), dtype=self.dtype)])
         self.last = np.concatenate([self.last, np.full(n, self.model.start_idx, dtype=np.int64)])
         self.pos = np.concatenate([self.pos, np.zeros(n, dtype=np.int64)])
         limits = [s.options.max_length if isinstance(s, _Greedy) else 0 for s, _, _ in pending]
@@ -502,7 +526,7 @@ class BatchDecoder:
             self._others += not isinstance(search, _Greedy)
 
     def _take(self, idx: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-        self.h, self.c = np.asfortranarray(h[idx]), np.asfortranarray(c[idx])  # (R', H)
+        self.h, self.c = h[idx], c[idx]  # (R', H)
         self.pos, self.limit, self.emit = self.pos[idx], self.limit[idx], self.emit[idx]
         self.tok_hist, self.lp_hist = self.tok_hist[idx], self.lp_hist[idx]
 
