@@ -230,10 +230,12 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
         """The decoding dtype: setting ``decode_dtype`` > manifest ``serving.decode_dtype`` > the model's
         own (float32 for trained captioners). Both float32 and float64 are batch-invariant."""
         explicit = getattr(self.ctx.settings, "decode_dtype", "") or ""
-        if explicit:
-            return explicit
         serving = loaded.manifest.metadata.get("serving") or {}
-        return serving.get("decode_dtype") or None
+        dtype = explicit or serving.get("decode_dtype") or None
+        if dtype not in (None, "float32", "float64"):
+            where = "PIXELRPC_DECODE_DTYPE" if explicit else f"model {loaded.manifest.ref}'s serving.decode_dtype"
+            raise FailedPrecondition(f"{where} is {clip(str(dtype))!r}: expected float32 or float64")
+        return dtype
 
     async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
         plan = await self.plan(job, call, run)
