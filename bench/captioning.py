@@ -1,17 +1,18 @@
-"""Captioning speed: training steps, greedy decoding throughput, and gRPC throughput with batching.
+"""Captioning speed against references the benchmark runs itself, interleaved (issue 11).
 
-Prints:
-1. one training step (loss forward + backward) for N=50, T=16, D=512, W=256, H=512, V=1004, for the
-   RNN and the LSTM (float32, median of repeats);
-2. greedy decoding throughput (captions/s, 16 tokens each: <END> is suppressed so every caption has
-   full length) at batch 1, 32 and 256, in process, in the float64 the service decodes in (batch
-   invariance) and, for comparison, in float32;
-3. gRPC throughput with 64 concurrent single-caption clients (asyncio, one Caption call at a time
-   each), against a server subprocess with dynamic batching (max batch 64) and without it
-   (max_batch_size 1: each request decoded alone in the executor), as ratios to in-process batched
-   decoding of 64 captions at once.
+Rows (bench/results.py), all with BLAS and torch at ``--threads`` (default 1):
+1. greedy decoding in process, N = 1 / 32 / 256 captions of 16 tokens (LSTM D=512 W=256 H=512
+   V=1004; <END> suppressed so every caption is full length): ``CaptioningRNN.sample`` against the
+   assignment's plain numpy float32 ``sample`` loop;
+2. gRPC, 64 concurrent single-caption clients, against a server subprocess with dynamic batching:
+   captions/s against the plain loop at batch 64, and the server's CPU time per caption;
+3. gRPC, 1 client, p50 latency of one caption against the plain loop's time for one caption;
+4. one LSTM training step (loss + gradients, N=50, T=16, float32) against the same model in torch
+   (``nn.Linear`` + ``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` + cross-entropy, forward + backward).
 
-    python bench/captioning.py [--cell lstm] [--seconds 4] [--threads 1]
+    python bench/captioning.py [--threads 1] [--repeats 5] [--seconds 4] [--smoke]
+
+``--smoke`` runs every row with tiny sizes in a few seconds (tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -41,9 +42,16 @@ import textwrap  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from results import record  # noqa: E402
 
 N, T, D, W, H, V = 50, 16, 512, 256, 512, 1004
 LENGTH = 16
+BATCHES = (1, 32, 256)
+
+
+def smoke_sizes() -> None:
+    global N, T, D, W, H, V, LENGTH, BATCHES
+    N, T, D, W, H, V, LENGTH, BATCHES = 4, 3, 16, 8, 16, 30, 4, (1, 4)
 
 
 def vocab() -> dict[str, int]:
@@ -59,33 +67,92 @@ def make_model(cell: str, seed: int = 0, full_length: bool = True):
     return model
 
 
-def training_step_ms(cell: str, repeats: int) -> float:
-    model = make_model(cell, full_length=False)
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def plain_sample(p: dict, features: np.ndarray, length: int) -> np.ndarray:
+    """The assignment's ``sample`` for an LSTM, in plain numpy float32: the reference."""
+    n = features.shape[0]
+    captions = np.zeros((n, length), dtype=np.int64)
+    h = features @ p["W_proj"] + p["b_proj"]
+    c = np.zeros_like(h)
+    x = p["W_embed"][np.full(n, 1)]
+    for t in range(length):
+        a = x @ p["Wx"] + h @ p["Wh"] + p["b"]
+        i, f, o, g = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), sigmoid(a[:, 2 * H:3 * H]), np.tanh(a[:, 3 * H:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        scores = h @ p["W_vocab"] + p["b_vocab"]
+        captions[:, t] = np.argmax(scores, axis=1)
+        x = p["W_embed"][captions[:, t]]
+    return captions
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def interleaved(a, b, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``a()`` and ``b()``, run alternately ``repeats`` times after one warm-up each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        ta.append(timed(a))
+        tb.append(timed(b))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def decode_rows(model, repeats: int) -> None:
+    rng = np.random.default_rng(1)
+    p = {k: v.astype(np.float32) for k, v in model.params.items()}
+    for n in BATCHES:
+        features = rng.standard_normal((n, D)).astype(np.float32)
+        ref, ours = interleaved(lambda: plain_sample(p, features, LENGTH),  # noqa: B023
+                                lambda: model.sample(features, max_length=LENGTH), repeats)  # noqa: B023
+        record(f"greedy decode in process, N={n}, LSTM D={D} W={W} H={H} V={V}, {LENGTH} tokens, "
+               f"{os.environ['OPENBLAS_NUM_THREADS']} thread(s)", "plain numpy float32 sample loop",
+               n / ref, n / ours, "captions/s", ref / ours, ">= 0.9")
+
+
+def torch_training_step(threads: int):
+    """The same captioner in torch: a closure running forward + backward of one minibatch."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    proj, embed = torch.nn.Linear(D, H), torch.nn.Embedding(V, W)
+    lstm, vocab_out = torch.nn.LSTM(W, H, batch_first=True), torch.nn.Linear(H, V)
+    params = [*proj.parameters(), *embed.parameters(), *lstm.parameters(), *vocab_out.parameters()]
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.standard_normal((N, D)).astype(np.float32))
+    captions = torch.from_numpy(rng.integers(3, V, size=(N, T + 1)))
+
+    def step():
+        for q in params:
+            q.grad = None
+        h0 = proj(features)[None]  # (1, N, H)
+        out, _ = lstm(embed(captions[:, :-1]), (h0, torch.zeros_like(h0)))  # (N, T, H)
+        scores = vocab_out(out)  # (N, T, V)
+        loss = F.cross_entropy(scores.reshape(-1, V), captions[:, 1:].reshape(-1), ignore_index=0,
+                               reduction="sum") / N
+        loss.backward()
+
+    return step
+
+
+def training_rows(repeats: int, threads: int) -> None:
+    model = make_model("lstm", full_length=False)
     rng = np.random.default_rng(0)
     features = rng.standard_normal((N, D)).astype(np.float32)
     captions = rng.integers(3, V, size=(N, T + 1))
     captions[:, 0] = 1
-    model.loss(features, captions)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.loss(features, captions)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-def decode_throughput(model, batch: int, min_seconds: float = 1.0, dtype=np.float64) -> float:
-    from pixelrpc.models.captioning.decoding import DecodeOptions, decode_batch
-
-    rng = np.random.default_rng(1)
-    features = rng.standard_normal((batch, D)).astype(np.float32)
-    options = [DecodeOptions(max_length=LENGTH)] * batch
-    decode_batch(model, features[:1], options[:1], dtype=dtype)  # warm-up
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < min_seconds:
-        decode_batch(model, features, options, dtype=dtype)
-        done += batch
-    return done / (time.perf_counter() - start)
+    ref, ours = interleaved(torch_training_step(threads), lambda: model.loss(features, captions), repeats)
+    record(f"LSTM training step (loss + gradients) f32, N={N} T={T} D={D} W={W} H={H} V={V}, {threads} thread(s)",
+           "torch nn.LSTM captioner, forward + backward", ref * 1000, ours * 1000, "ms", ours / ref, "<= 1.2")
 
 
 SERVER = textwrap.dedent("""
@@ -106,13 +173,14 @@ SERVER = textwrap.dedent("""
 """)
 
 
-async def _load(address: str, clients: int, seconds: float) -> float:
+async def _load(address: str, clients: int, seconds: float, cpu_seconds) -> tuple[float, float]:
+    """(captions/s, server CPU ms per caption) with ``clients`` concurrent single-caption clients."""
     from pixelrpc.clients.captioning import AsyncCaptioningClient
 
     rng = np.random.default_rng(2)
     inputs = rng.standard_normal((clients, D)).astype(np.float32)
     async with AsyncCaptioningClient(address, timeout=60) as client:
-        await client.caption(inputs[0], model="bench", max_length=LENGTH)  # load the model
+        await asyncio.gather(*(client.caption(inputs[i], model="bench", max_length=LENGTH) for i in range(clients)))
         done = 0
         stop = time.perf_counter() + seconds
 
@@ -122,21 +190,66 @@ async def _load(address: str, clients: int, seconds: float) -> float:
                 await client.caption(inputs[i], model="bench", max_length=LENGTH)
                 done += 1
 
-        start = time.perf_counter()
+        cpu0, start = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
-        return done / (time.perf_counter() - start)
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        return done / elapsed, cpu * 1000 / max(done, 1)
 
 
-def grpc_throughput(registry_dir: str, max_batch_size: int, clients: int, seconds: float, threads: int) -> float:
+async def _latency(address: str, seconds: float) -> float:
+    """p50 latency (ms) of one caption with a single client calling back to back."""
+    from pixelrpc.clients.captioning import AsyncCaptioningClient
+
+    x = np.random.default_rng(3).standard_normal(D).astype(np.float32)
+    async with AsyncCaptioningClient(address, timeout=60) as client:
+        for _ in range(5):
+            await client.caption(x, model="bench", max_length=LENGTH)
+        times, stop = [], time.perf_counter() + seconds
+        while time.perf_counter() < stop or len(times) < 5:
+            start = time.perf_counter()
+            await client.caption(x, model="bench", max_length=LENGTH)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000
+
+
+def process_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def grpc_rows(model, registry_dir: str, clients: int, seconds: float, threads: int, repeats: int) -> None:
     env = {**os.environ, "PIXELRPC_DEVICE": "cpu", "OPENBLAS_NUM_THREADS": str(threads),
            "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, registry_dir, str(max_batch_size)],
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, registry_dir, str(clients)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         if not line.startswith("PORT "):
             raise RuntimeError(line + proc.stderr.read())
-        return asyncio.run(_load(f"127.0.0.1:{int(line.split()[1])}", clients, seconds))
+        address = f"127.0.0.1:{int(line.split()[1])}"
+        p = {k: v.astype(np.float32) for k, v in model.params.items()}
+        rng = np.random.default_rng(4)
+        batch = rng.standard_normal((clients, D)).astype(np.float32)
+        one = batch[:1]
+        refs, rates, cpus, ref_one, p50s = [], [], [], [], []
+        for _ in range(max(1, repeats // 2 + 1)):  # reference, load, reference, load, ...
+            refs.append(clients / statistics.median(timed(plain_sample, p, batch, LENGTH) for _ in range(3)))
+            rate, cpu = asyncio.run(_load(address, clients, seconds, lambda: process_cpu_seconds(proc.pid)))
+            rates.append(rate)
+            cpus.append(cpu)
+            ref_one.append(statistics.median(timed(plain_sample, p, one, LENGTH) for _ in range(5)) * 1000)
+            p50s.append(asyncio.run(_latency(address, seconds / 2)))
+        ref, rate, cpu = statistics.median(refs), statistics.median(rates), statistics.median(cpus)
+        record(f"captioning over gRPC, {clients} concurrent single-caption clients (feature vectors), "
+               f"{threads} BLAS thread(s)", f"plain numpy float32 loop at batch {clients}", ref, rate,
+               "captions/s", rate / ref, ">= 0.6")
+        record(f"captioning over gRPC, server CPU per caption, {clients} clients", "budget 1.5 ms", 1.5, cpu,
+               "ms", cpu / 1.5, "<= 1.0")
+        ref1, p50 = statistics.median(ref_one), statistics.median(p50s)
+        print(f"  gRPC 1 client p50 {p50:.2f} ms (target <= 3 ms); plain loop, 1 caption: {ref1:.2f} ms")
+        record("captioning over gRPC, 1 client, feature vector, p50 latency", "budget 3 ms", 3.0, p50, "ms",
+               p50 / 3.0, "<= 1.0")
     finally:
         proc.terminate()
         proc.wait(30)
@@ -144,39 +257,32 @@ def grpc_throughput(registry_dir: str, max_batch_size: int, clients: int, second
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", choices=["rnn", "lstm"], default="lstm", help="cell of the decoding benchmarks")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each gRPC load run")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each gRPC load run")
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (set before numpy loads)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (BLAS: set before numpy loads)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds: checks that it runs")
+    parser.add_argument("--only", choices=["decode", "grpc", "train"], action="append",
+                        help="run only these parts (repeatable)")
     args = parser.parse_args()
+    if args.smoke:
+        smoke_sizes()
+        args.repeats, args.seconds, args.clients = 1, 0.3, 4
+    parts = set(args.only or ["decode", "grpc", "train"])
+    print(f"captioning benchmark: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+          f"{os.cpu_count()} CPUs, medians of {args.repeats} interleaved repeats")
+    model = make_model("lstm")
+    if "decode" in parts:
+        decode_rows(model, args.repeats)
+    if "grpc" in parts:
+        from pixelrpc.models.captioning.captioning_rnn import save_to_registry
+        from pixelrpc.models.registry import Registry
 
-    print(f"captioning benchmark: numpy, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"\n1. training step (loss + gradients), N={N} T={T} D={D} W={W} H={H} V={V}, float32")
-    for cell in ("rnn", "lstm"):
-        print(f"   {cell:4s}  {training_step_ms(cell, args.repeats):8.1f} ms/step")
-
-    model = make_model(args.cell)
-    print(f"\n2. greedy decoding in process ({args.cell}, {LENGTH} tokens per caption)")
-    inproc = {}
-    for batch in (1, 32, 64, 256):
-        inproc[batch] = decode_throughput(model, batch)
-        if batch != 64:
-            f32 = decode_throughput(model, batch, dtype=np.float32)
-            print(f"   batch {batch:4d}  {inproc[batch]:9.1f} captions/s   (float32 compute, not batch-invariant: "
-                  f"{f32:9.1f})")
-
-    from pixelrpc.models.captioning.captioning_rnn import save_to_registry
-    from pixelrpc.models.registry import Registry
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_to_registry(model, Registry(tmp), "bench")
-        print(f"\n3. gRPC, {args.clients} concurrent single-caption clients, {args.seconds:.0f} s each "
-              f"(in-process batch-64 decoding: {inproc[64]:.1f} captions/s)")
-        for label, size in (("dynamic batching (max 64)", 64), ("no batching", 1)):
-            rate = grpc_throughput(tmp, size, args.clients, args.seconds, args.threads)
-            print(f"   {label:26s} {rate:9.1f} captions/s  = {rate / inproc[64]:.2f} x in-process batched")
+        with tempfile.TemporaryDirectory() as tmp:
+            save_to_registry(model, Registry(tmp), "bench")
+            grpc_rows(model, tmp, args.clients, args.seconds, args.threads, args.repeats)
+    if "train" in parts:
+        training_rows(args.repeats, args.threads)
     return 0
 
 

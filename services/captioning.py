@@ -3,7 +3,8 @@
 A request is planned first (model, options, input -> one feature vector): a feature vector is
 checked against the captioner's input dimension; an image is checked from its header against the
 server's limits (``call.admit_images``), then decoded straight to the encoder's input size and run
-through the captioner's pinned encoder in one job slot. Models are resolved on the control executor,
+through the captioner's pinned encoder in one job slot. A named model that is already loaded is
+resolved on the event loop (a cache hit, no registry read); anything else on the control executor,
 so planning never waits behind inference. Decoding then goes through the
 model's ``ModelBatcher`` (``services/captioning_batcher.py``), which decodes concurrent requests
 together; with ``max_batch_size`` 1 each request is decoded alone in the executor instead.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -129,11 +129,15 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
         """Model and options (blocking: the first use of a model loads it)."""
         loaded = self.ctx.get_model(job.model, task="captioning", default=DEFAULT_MODELS, field="job.model",
                                     call=call)
+        return (loaded, *self.options_and_input(job))
+
+    @staticmethod
+    def options_and_input(job: pb.CaptionJob) -> tuple[DecodeOptions, str]:
         options = options_from_pb(job.options)
         which = job.WhichOneof("input")
         if which is None:
             raise InvalidInput("job.image or job.features is required", field="job.input")
-        return loaded, options, which
+        return options, which
 
     def features_of(self, loaded: LoadedModel, job: pb.CaptionJob) -> np.ndarray:
         arr = tensor_to_numpy(job.features, field="job.features")
@@ -158,7 +162,11 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
 
     async def plan(self, job: pb.CaptionJob, call: Call, run=None) -> CaptionPlan:
         """``run`` runs the encoder: ``call.run`` (a job slot through the queue), or a stream's lane."""
-        loaded, options, which = await call.control(self.resolve, job, call)
+        loaded = self.ctx.cached_model(job.model, task="captioning", field="job.model", call=call)
+        if loaded is None:  # not loaded yet, or a default to resolve: registry work, off the loop
+            loaded, options, which = await call.control(self.resolve, job, call)
+        else:
+            options, which = self.options_and_input(job)
         call.model = loaded.manifest.ref
         if which == "features":
             return CaptionPlan(loaded, self.features_of(loaded, job), options)
@@ -187,7 +195,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
             # The worker serves requests that were admitted already: it waits for its slot in line
             # (reacquire) and is never refused, whatever the queue holds.
             batcher = ModelBatcher(
-                loaded.model, policy=policy, executor=jobs.executor, acquire_slot=jobs.reacquire,
+                loaded.model, policy=policy, dtype=self.decode_dtype(loaded), executor=jobs.executor, acquire_slot=jobs.reacquire,
                 release_slot=jobs.release, max_length_limit=MAX_LENGTH_LIMIT,
                 observe_batch=self.ctx.metrics.batch_size.labels(self.ctx.name).observe)
             self.batchers[key] = batcher
@@ -203,20 +211,31 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                      run=None) -> AsyncIterator[TokenEvent | Finished]:
         """Decode through the model's batcher; without one, in the executor (``run``: see ``plan``)."""
         batcher = self.batcher_for(plan.loaded)
-        start = time.perf_counter()
-        try:
-            if batcher is not None:
-                async for item in batcher.stream(plan.features, plan.options, call.cancel, want_tokens):
-                    yield item
-            elif want_tokens:
-                async for item in call.steps(lambda: decode_steps(plan.loaded.model, plan.features, plan.options)):
-                    yield item
-            else:
-                captions = await (run or call.run)(decode, plan.loaded.model, plan.features, plan.options)
-                yield Finished(captions)
-        finally:
-            if batcher is not None:
-                call.compute_ms += (time.perf_counter() - start) * 1000.0
+        dtype = self.decode_dtype(plan.loaded)
+        if batcher is not None:
+            async for item in batcher.stream(plan.features, plan.options, call.cancel, want_tokens):
+                if isinstance(item, Finished):  # the decoding steps this request took part in
+                    call.compute_ms += item.compute_ms
+                yield item
+        elif want_tokens:
+            async for item in call.steps(lambda: decode_steps(plan.loaded.model, plan.features, plan.options,
+                                                              dtype=dtype)):
+                yield item
+        else:
+            captions = await (run or call.run)(decode, plan.loaded.model, plan.features, plan.options,
+                                               dtype=dtype)
+            yield Finished(captions)
+
+    def decode_dtype(self, loaded: LoadedModel) -> str | None:
+        """The decoding dtype: setting ``decode_dtype`` > manifest ``serving.decode_dtype`` > the model's
+        own (float32 for trained captioners). Both float32 and float64 are batch-invariant."""
+        explicit = getattr(self.ctx.settings, "decode_dtype", "") or ""
+        serving = loaded.manifest.metadata.get("serving") or {}
+        dtype = explicit or serving.get("decode_dtype") or None
+        if dtype not in (None, "float32", "float64"):
+            where = "PIXELRPC_DECODE_DTYPE" if explicit else f"model {loaded.manifest.ref}'s serving.decode_dtype"
+            raise FailedPrecondition(f"{where} is {clip(str(dtype))!r}: expected float32 or float64")
+        return dtype
 
     async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
         plan = await self.plan(job, call, run)
@@ -331,8 +350,10 @@ def add_to_server(server: grpc.aio.Server, ctx: ServiceContext) -> None:
 
 
 def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
-    """Decode one caption so the first request does not pay for lazy initialisation."""
+    """Decode one caption so the first request does not pay for lazy initialisation (the decoding
+    layout of the weights, the BLAS row padding of their shapes)."""
     model = loaded.model
     if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
         return
-    decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2))
+    dtype = ctx.settings.decode_dtype or (loaded.manifest.metadata.get("serving") or {}).get("decode_dtype")
+    decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2), dtype=dtype or None)

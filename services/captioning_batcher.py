@@ -3,8 +3,10 @@
 One ``ModelBatcher`` per loaded captioner owns a ``BatchDecoder`` (see
 ``pixelrpc.models.captioning.decoding``) and a worker task on the server's event loop. The worker
 admits waiting requests between two decoding steps (iteration-level batching, as in Orca, Yu et al.,
-OSDI 2022), runs one step for every active request in the job executor, and hands each request its
-tokens and, at the end, its captions.
+OSDI 2022), runs steps for every active request in the job executor (several in one executor call
+while nobody streams tokens, nobody finishes, nobody waits to join and nobody is cancelled), and
+hands each request its tokens and, at the end, its captions with the time of the steps it took part
+in (``Finished.compute_ms``, reported as the call's ``compute_ms``).
 
 Policy:
 
@@ -18,8 +20,8 @@ Policy:
   waits in line and never refuses (``JobRunner.reacquire``): the requests were admitted already, and
   a full queue must make them wait, not fail every pending request at once.
 
-A request's result never depends on its batch: rows are independent and each sampled caption has
-its own generator. A cancelled call, or one whose deadline passed, leaves the batch at the next step.
+A request's result never depends on its batch, bitwise (see ``BatchDecoder``): rows get the same
+arithmetic whatever the batch and each sampled caption has its own generator. A cancelled call, or one whose deadline passed, leaves the batch at the next step.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class StepOutcome:
     batch: int  # requests decoded in this step
     events: list[TokenEvent]
     finished: dict  # handle -> captions
+    seconds: float = 0.0  # how long the steps took
+    steps: int = 1  # decoding steps run (all with the same requests)
 
 
 @dataclass(eq=False)
@@ -71,6 +75,7 @@ class _Request:
     want_tokens: bool
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     handle: int | None = None
+    compute_s: float = 0.0  # duration of the decoding steps this request took part in
     gone: bool = False  # the caller stopped listening
     done: bool = False
 
@@ -80,14 +85,17 @@ class ModelBatcher:
 
     def __init__(self, model, *, policy: BatchPolicy, executor, acquire_slot: Callable | None = None,
                  release_slot: Callable | None = None, observe_batch: Callable[[int], None] | None = None,
-                 max_length_limit: int = 100):
+                 max_length_limit: int = 100, dtype=None):
         self.model = model
+        self.dtype = dtype
         self.policy = policy
         self.executor = executor
         self._acquire_slot, self._release_slot = acquire_slot, release_slot
         self._observe = observe_batch
         self.max_length_limit = max_length_limit
-        self.decoder = BatchDecoder(model, max_length_limit=max_length_limit)
+        # Built in the executor on the first step: preparing the weights (and, once per weight shape,
+        # measuring the BLAS's row padding) takes long enough to stall the event loop.
+        self.decoder: BatchDecoder | None = None
         self.pending: deque[_Request] = deque()
         self.active: dict[int, _Request] = {}
         self.stats = BatcherStats()
@@ -169,7 +177,9 @@ class ModelBatcher:
                 try:
                     outcome = await loop.run_in_executor(self.executor, self._step, admit, drop)
                 except Exception as exc:  # noqa: BLE001 - a decoding bug fails the batch, not the server
-                    log.exception("caption decoding step failed; failing %d requests", len(self.active) + len(admit))
+                    if not isinstance(exc, PixelRPCError):  # e.g. FailedPrecondition: a model that cannot decode
+                        log.exception("caption decoding step failed; failing %d requests",
+                                      len(self.active) + len(admit))
                     for request in admit:
                         self._finish(request, exc)
                     self._fail_all(exc)
@@ -212,19 +222,37 @@ class ModelBatcher:
         return None
 
     def _step(self, admit: list[_Request], drop: list[_Request]):
-        """In the executor: drop, admit, advance one token. Only this thread touches the decoder."""
+        """In the executor: drop, admit, advance. Only this thread touches the decoder.
+
+        It keeps stepping, without a round trip through the event loop, while there is nothing to
+        hand over: it returns as soon as a step produced tokens someone streams or finished a
+        request, a request waits to join, or an active one was cancelled or ran out of time.
+        """
+        start = time.perf_counter()
+        if self.decoder is None:
+            self.decoder = BatchDecoder(self.model, max_length_limit=self.max_length_limit, dtype=self.dtype)
         for request in drop:
             self.decoder.cancel(request.handle)
         admitted, rejected = [], []
         for request in admit:
             try:
-                request.handle = self.decoder.add(request.features, request.options)
+                request.handle = self.decoder.add(request.features, request.options, events=request.want_tokens)
                 admitted.append(request)
             except PixelRPCError as exc:
                 rejected.append((request, exc))
         batch = len(self.decoder.active)
-        events = self.decoder.step() if batch else []
-        return StepOutcome(admitted, rejected, batch, events, self.decoder.pop_finished())
+        events, finished, steps = [], {}, 0
+        active = [*self.active.values(), *admitted]
+        while batch:
+            events = self.decoder.step()
+            steps += 1
+            finished = self.decoder.pop_finished()
+            if (events or finished or self.pending or steps >= self.MAX_STEPS_PER_HOP
+                    or any(self._stop_reason(r) is not None for r in active)):
+                break
+        return StepOutcome(admitted, rejected, batch, events, finished, time.perf_counter() - start, steps)
+
+    MAX_STEPS_PER_HOP = 128
 
     def _deliver(self, outcome: StepOutcome) -> None:
         """On the event loop: hand every request what this step produced for it."""
@@ -232,12 +260,15 @@ class ModelBatcher:
             self._finish(request, exc)
         for request in outcome.admitted:
             self.active[request.handle] = request
+        for request in self.active.values():
+            request.compute_s += outcome.seconds
         if outcome.batch:
-            self.stats.steps += 1
+            self.stats.steps += outcome.steps
             self.stats.max_batch = max(self.stats.max_batch, outcome.batch)
-            self.stats.batch_sizes[outcome.batch] = self.stats.batch_sizes.get(outcome.batch, 0) + 1
+            self.stats.batch_sizes[outcome.batch] = self.stats.batch_sizes.get(outcome.batch, 0) + outcome.steps
             if self._observe is not None:
-                self._observe(outcome.batch)
+                for _ in range(outcome.steps):
+                    self._observe(outcome.batch)
         for event in outcome.events:
             request = self.active.get(event.request)
             if request is not None and request.want_tokens and not request.gone:
@@ -246,7 +277,7 @@ class ModelBatcher:
             request = self.active.pop(handle, None)
             if request is not None:
                 self.stats.requests += 1
-                self._finish(request, Finished(captions))
+                self._finish(request, Finished(captions, compute_ms=request.compute_s * 1000.0))
 
     @staticmethod
     def _finish(request: _Request, item) -> None:
@@ -262,4 +293,4 @@ class ModelBatcher:
         for request in self.active.values():
             self._finish(request, exc)
         self.active.clear()
-        self.decoder = BatchDecoder(self.model, max_length_limit=self.max_length_limit)
+        self.decoder = None  # a fresh one on the next step

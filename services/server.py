@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -300,9 +302,12 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     add test-only handlers before the server starts.
     """
     if settings.torch_threads > 0:
-        import torch
+        if "torch" in sys.modules or set(services) - {"captioning"}:
+            import torch
 
-        torch.set_num_threads(settings.torch_threads)
+            torch.set_num_threads(settings.torch_threads)
+        else:  # captioning imports torch only for an image encoder; torch reads this when it loads
+            os.environ["OMP_NUM_THREADS"] = str(settings.torch_threads)
     registry = registry or Registry(settings.registry or None)
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),

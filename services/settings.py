@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field, fields
 
 from pixelrpc.models.imaging import ImageLimits
@@ -20,6 +21,10 @@ DEFAULT_METRICS_PORTS = {"captioning": 9101, "visualization": 9102, "style": 910
 
 
 def default_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``. Without an NVIDIA device node there is no GPU to
+    find, so torch is not imported just to look (a captioner serving feature vectors never needs it)."""
+    if "torch" not in sys.modules and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0")):
+        return "cpu"
     try:
         import torch
 
@@ -62,6 +67,9 @@ class Settings:
     # and these explicit overrides win over the manifest when set (> 0).
     max_batch_size: int = 0
     max_batch_delay_ms: float = -1.0
+    # Caption decoding dtype ("float32" or "float64"; empty: the manifest's serving.decode_dtype, else
+    # the model's own dtype). Decoding is batch-invariant in both.
+    decode_dtype: str = ""
     reflection: bool = True
     # Mutual TLS: a CA bundle (PEM path); when set, the TLS server requires every client to present a
     # certificate signed by it (needs tls_cert and tls_key).

@@ -27,3 +27,19 @@ def test_soak_runs_briefly_and_prints_a_summary(quick_bootstrap, tmp_path):
     for expected in ("captioning", "visualization", "peak RSS", "errors",
                      "server exit codes {'captioning': 0, 'visualization': 0}"):
         assert expected in summary, summary
+
+
+def test_captioning_benchmark_smoke_records_every_row(tmp_path):
+    """``bench/captioning.py --smoke``: every row (decode N=1/4, gRPC load, server CPU, 1-client p50,
+    training step vs torch) with tiny sizes; rows go to the results file. No timing assertions."""
+    results = tmp_path / "rows.jsonl"
+    env = {**os.environ, "PIXELRPC_BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "captioning.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    rows = results.read_text().splitlines()
+    workloads = " ".join(rows)
+    assert len(rows) == 6, proc.stdout
+    for expected in ("greedy decode in process, N=1", "concurrent single-caption clients",
+                     "server CPU per caption", "1 client", "LSTM training step"):
+        assert expected in workloads, expected

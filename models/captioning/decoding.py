@@ -6,10 +6,11 @@ advances all rows with one matrix product, then each request picks its next toke
 rows only. Requests can join and leave between steps (iteration-level batching, Yu et al., "Orca",
 OSDI 2022), so a service can batch concurrent callers without making anyone wait for a whole batch.
 
-Batching never changes a result:
+Batching never changes a result, bitwise, in float32 (the default for float32 models) as in float64:
 
-- the computation runs in float64 by default, so the row-to-row differences that different batch
-  shapes cause in matrix products (~1e-16) cannot flip an argmax in practice;
+- every row's numbers are computed by the same arithmetic whatever the batch: the products go
+  through the BLAS ``gemm`` kernel for every row count (never ``gemv``, whose arithmetic differs),
+  and the softmax of a row reads that row only (see ``BatchDecoder``);
 - a request's choices depend only on its own rows;
 - each sampled caption draws from its own ``numpy.random.Generator(PCG64)``, seeded from the
   request's seed and the caption's index (``SeedSequence(seed).spawn``), one draw per step.
@@ -158,6 +159,7 @@ class Finished:
     """The last item of ``decode_steps``: the request's captions, best first."""
 
     captions: list[Caption]
+    compute_ms: float = 0.0  # time spent decoding it (set by services that batch requests)
 
 
 # --------------------------------------------------------------------------- searches
@@ -199,26 +201,35 @@ class _Search:
         return [self._caption(hyp, ended, hyp.total) for _, hyp, ended in done]
 
 
-class _Independent(_Search):
-    """Greedy (one row) or sampling (one row per caption): each row is an independent caption."""
+class _Greedy(_Search):
+    """Greedy decoding: one row, the argmax at every step. ``BatchDecoder`` advances greedy rows
+    all at once (vectorised); this object only names the request and builds its caption."""
 
-    def __init__(self, handle, options, end, words):
+    rows = 1
+
+    def caption(self, tokens: list[int], logprobs: list[float]) -> Caption:
+        ended = tokens[-1] == self.end
+        hyp = _Hyp(tokens, logprobs, float(sum(logprobs)))
+        return self._caption(hyp, ended, hyp.total)
+
+
+class _Independent(_Search):
+    """Sampling: one row per caption, each an independent caption with its own generator."""
+
+    def __init__(self, handle, options, end, words, emit: bool = True):
         super().__init__(handle, options, end, words)
         n = options.num_captions
+        self.emit = emit
         self.live = list(range(n))  # caption index of each row
         self.hyps = [_Hyp() for _ in range(n)]
-        self.rngs = None
-        if options.strategy == "sample":
-            children = np.random.SeedSequence(options.seed).spawn(n)
-            self.rngs = [np.random.Generator(np.random.PCG64(child)) for child in children]
+        children = np.random.SeedSequence(options.seed).spawn(n)
+        self.rngs = [np.random.Generator(np.random.PCG64(child)) for child in children]
 
     @property
     def rows(self) -> int:
         return len(self.live)
 
     def _choose(self, row_logp: np.ndarray, caption: int) -> int:
-        if self.rngs is None:
-            return int(np.argmax(row_logp))
         z = row_logp / self.options.temperature
         cdf = np.cumsum(np.exp(z - z.max()))  # unnormalised, (V,)
         u = self.rngs[caption].random()
@@ -231,7 +242,8 @@ class _Independent(_Search):
             token = self._choose(logp[row], caption)
             lp = float(logp[row, token])
             hyp = self.hyps[caption] = self.hyps[caption].extend(token, lp)
-            events.append(TokenEvent(self.handle, caption, len(hyp.tokens) - 1, token, self.words[token], lp))
+            if self.emit:
+                events.append(TokenEvent(self.handle, caption, len(hyp.tokens) - 1, token, self.words[token], lp))
             if token == self.end or len(hyp.tokens) >= self.options.max_length:
                 self.finished.append((caption, hyp, token == self.end))
             else:
@@ -285,102 +297,360 @@ class _Beam(_Search):
 # --------------------------------------------------------------------------- engine
 
 
+def _gemm_for(dtype: np.dtype):
+    """``gemm(1.0, a, b)`` of the given dtype: the BLAS level-3 routine, called directly.
+
+    numpy hands a one-row product to ``gemv``, whose arithmetic differs from ``gemm``'s (and OpenBLAS
+    forwards ``M == 1`` from its CBLAS ``gemm`` to ``gemv`` too), so a row's result would depend on
+    whether it is alone. The Fortran ``?gemm`` entry point that scipy wraps keeps the row count on
+    the ``gemm`` drivers, whose per-element arithmetic depends only on the inner dimension K.
+    """
+    from scipy.linalg.blas import get_blas_funcs
+
+    return get_blas_funcs("gemm", dtype=dtype)
+
+
+SMALL_PRODUCT_ROWS = 16
+
+
+class _Product:
+    """``a @ w`` for any number of rows, through BLAS ``gemm`` kernels only.
+
+    In float32, fewer than ``SMALL_PRODUCT_ROWS`` rows go to scipy's Fortran ``gemm`` (never
+    ``gemv``; it keeps the GIL, but only briefly at that size) and more to ``numpy.matmul`` (CBLAS
+    ``gemm``, faster for many rows, and it lets the event loop run meanwhile); both reach the same
+    kernels. In float64 OpenBLAS's CBLAS and Fortran paths differ for some shapes, so every product
+    goes to scipy's. ``gemm_plan`` checks that every row count gives every row the same bits.
+    """
+
+    def __init__(self, w: np.ndarray):
+        self.c = np.ascontiguousarray(w)  # (K, M) for numpy
+        self.f = np.asfortranarray(w)  # (K, M) for scipy
+        self.gemm = _gemm_for(w.dtype)
+        self.shape, self.dtype = w.shape, w.dtype
+        self.small = SMALL_PRODUCT_ROWS if w.dtype == np.float32 else 1 << 62
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if a.shape[0] < self.small:  # C-ordered result: every caller gets rows laid out alike
+            return np.ascontiguousarray(self.gemm(1.0, np.asfortranarray(a), self.f))
+        return np.matmul(np.ascontiguousarray(a), self.c)
+
+
+_PLANS: dict[tuple, tuple[int, int]] = {}
+MAX_GEMM_ROWS = 256  # longer products are cut into 256-row pieces
+# Row counts compared, likely failures first: tails of 8-row micro-kernels, the small-matrix cut-off
+# (small row counts), the 192-row blocking of some kernels, and every count up to 40.
+_PROBE_ROWS = tuple(dict.fromkeys(
+    (1, 2, 3, 5, 7, 9, 193, 195, 197, 199, 200, 208, 256, 255, 129, 128, 127, 96, 65, 64, 63, *range(1, 41))))
+
+
+def gemm_plan(product: _Product) -> tuple[int, int]:
+    """``(min_rows, block)``: pad a product's rows up to a multiple of ``block``, and to at least
+    ``min_rows``, so that every row gets the arithmetic it gets in any other product.
+
+    BLAS kernels are not row-invariant in general: OpenBLAS sends ``M * N * K`` below about 1e6 to
+    "small matrix" kernels that sum in another order, and some double-precision kernels treat the
+    last ``M mod 8`` rows differently. Within full micro-kernel tiles every row gets the same
+    arithmetic. The plan is measured once per (dtype, shape) on the BLAS in use: random rows
+    multiplied in each probed row count (padded by the plan) must equal, bitwise, the same rows
+    inside a 256-row product; the smallest padding that passes wins.
+    """
+    key = (product.dtype.str, product.shape)
+    if key in _PLANS:
+        return _PLANS[key]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((MAX_GEMM_ROWS, product.shape[0])).astype(product.dtype)
+    ref = product(a)
+
+    def passes(min_rows: int, block: int) -> bool:
+        for r in _PROBE_ROWS:
+            rows = max(min_rows, -(-r // block) * block)
+            padded = np.zeros((rows, a.shape[1]), dtype=a.dtype)
+            padded[:r] = a[:r]
+            if not np.array_equal(product(padded)[:r], ref[:r]):
+                return False
+        return True
+
+    plan = (MAX_GEMM_ROWS, 16)  # nothing smaller passes: every product gets 256 rows
+    for block in (1, 2, 4, 8, 16):
+        found = next((m for m in (1, 2, 4, 8, 16, 32, 64) if m % block == 0 and passes(m, block)), None)
+        if found is not None:
+            plan = (found, block)
+            break
+    _PLANS[key] = plan
+    return plan
+
+
+def _fingerprint(params: dict) -> tuple:
+    """Identity of a model's parameters: the arrays and a sparse sample of their values (an in-place
+    edit of a parameter changes the sample, in practice)."""
+    return tuple((k, id(v), v.ctypes.data, v.reshape(-1)[::997].tobytes()) for k, v in sorted(params.items()))
+
+
+def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
+    """The decoding layout of the weights: ``word_terms = W_embed Wx + b`` (V, G), the input term of
+    every word, so a step multiplies by ``Wh`` only; the products by ``Wh`` (H, G), ``W_vocab`` (H, V)
+    and ``W_proj`` (D, H) (``_Product``); ``b_vocab``, ``b_proj``. Built once per model and dtype
+    (kept on the model) and rebuilt when its parameters change."""
+    cache = model.__dict__.setdefault("_decode_weights", {})
+    key = _fingerprint(model.params)
+    hit = cache.get(dtype.str)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    p = {k: np.asarray(v, dtype=dtype) for k, v in model.params.items()}
+    # A word's input term x Wx + b depends on the word only: one table row per word.
+    word_terms = _Product(p["Wx"])(p["W_embed"]) + p["b"]  # (V, G)
+    weights = (np.ascontiguousarray(word_terms), _Product(p["Wh"]), _Product(p["W_vocab"]), p["b_vocab"].copy(),
+               _Product(p["W_proj"]), p["b_proj"].copy())
+    cache[dtype.str] = (key, weights)
+    return weights
+
+
 class BatchDecoder:
     """Decode many requests together, one recurrent step for all their rows at a time.
 
     ``add`` a request, call ``step`` until ``active`` is empty (requests may be added between
     steps), and collect each request's captions with ``pop_finished``.
+
+    Batch invariance in float32 (the default for float32 models) as in float64: every product goes
+    through the BLAS ``gemm`` kernels whatever the number of rows, padded where the BLAS would
+    switch kernels (``_Product``, ``gemm_plan``), the element-wise math is per element, and the
+    log-sum-exp of a row is a sum over that row only (C-ordered, no buffering). So a row's numbers never depend on which other
+    rows share its step: a caption decoded alone and inside any batch is bitwise the same
+    (tests/test_captioning_decoding.py checks every strategy at many batch sizes and positions).
+    Greedy rows are advanced all at once with array operations; beam and sampling requests pick
+    from their own rows.
     """
 
-    def __init__(self, model: CaptioningRNN, *, dtype=np.float64, max_length_limit: int = MAX_LENGTH_LIMIT):
+    def __init__(self, model: CaptioningRNN, *, dtype=None, max_length_limit: int = MAX_LENGTH_LIMIT):
         if model.start_idx is None or model.end_idx is None:
             raise FailedPrecondition(
                 f"this captioner's vocabulary lacks {START} or {END}, so it cannot decode; "
                 "train it on captions that include both tokens")
+        dtype = np.dtype(dtype if dtype is not None else getattr(model, "dtype", np.float32))
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"decoding dtype must be float32 or float64, got {dtype}")
         self.model = model
+        self.dtype = dtype
         self.max_length_limit = max_length_limit
-        p = model.params
-        self.p = {k: np.asarray(v, dtype=dtype) for k, v in p.items()}
         self.lstm = model.cell_type == "lstm"
-        H = model.hidden_dim
+        (self.word_terms, self.Wh, self.W_vocab, self.b_vocab, self.W_proj,
+         self.b_proj) = _decode_weights(model, dtype)
+        self._plans = {id(w): gemm_plan(w) for w in (self.Wh, self.W_vocab, self.W_proj)}
+        H, L = model.hidden_dim, max_length_limit
         self.h = np.zeros((0, H), dtype=dtype)  # (R, H)
         self.c = np.zeros((0, H), dtype=dtype)  # (R, H), LSTM only
-        self.last = np.zeros(0, dtype=np.int64)  # (R,)
+        self.last = np.zeros(0, dtype=np.int64)  # (R,) last token of each row
+        # Greedy rows' bookkeeping (unused for beam and sampling rows): tokens so far, the caption's
+        # max_length, its tokens and log-probabilities, and whether it streams its tokens.
+        self.pos = np.zeros(0, dtype=np.int64)
+        self.limit = np.zeros(0, dtype=np.int64)
+        self.tok_hist = np.zeros((0, L), dtype=np.int64)
+        self.lp_hist = np.zeros((0, L), dtype=np.float64)
+        self.emit = np.zeros(0, dtype=bool)
         self.searches: list[_Search] = []
         self.results: dict[int, list[Caption]] = {}
+        self._pending: list[tuple[_Search, np.ndarray, bool]] = []  # (search, features, events): no rows yet
+        self._others = 0  # beam and sampling searches among self.searches
         self._next_handle = 0
 
     @property
     def active(self) -> list[int]:
-        return [s.handle for s in self.searches]
+        return [s.handle for s in self.searches] + [s.handle for s, _, _ in self._pending]
 
     @property
     def num_rows(self) -> int:
+        self._flush()
         return len(self.last)
 
-    def add(self, features: np.ndarray, options: DecodeOptions) -> int:
+    def _mm(self, a: np.ndarray, w: _Product) -> np.ndarray:
+        """(R, K) @ (K, M) -> (R, M); every row gets the same arithmetic whatever R (``gemm_plan``:
+        rows padded with zeros, products longer than 256 rows cut)."""
+        R = a.shape[0]
+        if R > MAX_GEMM_ROWS:
+            return np.concatenate([self._mm(a[i: i + MAX_GEMM_ROWS], w) for i in range(0, R, MAX_GEMM_ROWS)])
+        min_rows, block = self._plans[id(w)]
+        rows = max(min_rows, -(-R // block) * block)
+        if rows == R:
+            return w(a)
+        padded = np.zeros((rows, a.shape[1]), dtype=self.dtype)
+        padded[:R] = a
+        # A copy, not a view: numpy 2.4's in-place unary ufuncs (``np.negative(x, out=x)``) gave wrong
+        # values on a (1, N) view with a non-unit inner stride, the shape a padded F-ordered result has.
+        return np.ascontiguousarray(w(padded)[:R])
+
+    def add(self, features: np.ndarray, options: DecodeOptions, *, events: bool = True) -> int:
         """Start decoding one request; returns its handle.
 
         Inputs:
         - features: (D,) the image's feature vector
         - options: validated against ``max_length_limit``; a sampling request without a seed gets one
+        - events: whether ``step`` reports this request's tokens as TokenEvents
         """
         x = check_features(self.model, np.asarray(features)[None])  # (1, D)
         options = options.validate(self.max_length_limit).resolved()
         handle = self._next_handle
         self._next_handle += 1
         words, end = self.model.idx_to_word, self.model.end_idx
-        search = _Beam(handle, options, end, words) if options.strategy == "beam" else _Independent(
-            handle, options, end, words)
-        h0 = x.astype(self.h.dtype) @ self.p["W_proj"] + self.p["b_proj"]  # (1, H)
-        rows = search.rows
-        self.h = np.concatenate([self.h, np.repeat(h0, rows, axis=0)])  # (R + rows, H)
-        self.c = np.concatenate([self.c, np.zeros((rows, self.h.shape[1]), dtype=self.h.dtype)])
-        self.last = np.concatenate([self.last, np.full(rows, self.model.start_idx, dtype=np.int64)])
-        self.searches.append(search)
+        if options.strategy == "beam":
+            search: _Search = _Beam(handle, options, end, words)
+        elif options.strategy == "sample":
+            search = _Independent(handle, options, end, words, emit=events)
+        else:
+            search = _Greedy(handle, options, end, words)
+        self._pending.append((search, x[0].astype(self.dtype), events))  # h0 is computed in _flush
         return handle
+
+    def _flush(self) -> None:
+        """Give the requests added since the last step their rows (one concatenation for all)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        counts = [s.rows for s, _, _ in pending]
+        n = sum(counts)
+        H, L = self.h.shape[1], self.max_length_limit
+        h0 = self._mm(np.stack([x for _, x, _ in pending]), self.W_proj) + self.b_proj  # (requests, H)
+        h = np.repeat(h0, counts, axis=0)  # (n, H)
+        self.h = np.concatenate([self.h, h])
+        self.c = np.concatenate([self.c, np.zeros((n, H), dtype=self.dtype)])
+        self.last = np.concatenate([self.last, np.full(n, self.model.start_idx, dtype=np.int64)])
+        self.pos = np.concatenate([self.pos, np.zeros(n, dtype=np.int64)])
+        limits = [s.options.max_length if isinstance(s, _Greedy) else 0 for s, _, _ in pending]
+        self.limit = np.concatenate([self.limit, np.repeat(np.asarray(limits, dtype=np.int64), counts)])
+        self.tok_hist = np.concatenate([self.tok_hist, np.zeros((n, L), dtype=np.int64)])
+        self.lp_hist = np.concatenate([self.lp_hist, np.zeros((n, L), dtype=np.float64)])
+        emits = [e and isinstance(s, _Greedy) for s, _, e in pending]
+        self.emit = np.concatenate([self.emit, np.repeat(np.asarray(emits, dtype=bool), counts)])
+        for search, _, _ in pending:
+            self.searches.append(search)
+            self._others += not isinstance(search, _Greedy)
+
+    def _take(self, idx: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
+        self.h, self.c = h[idx], c[idx]  # (R', H)
+        self.pos, self.limit, self.emit = self.pos[idx], self.limit[idx], self.emit[idx]
+        self.tok_hist, self.lp_hist = self.tok_hist[idx], self.lp_hist[idx]
+
+    def _forward(self):
+        """One recurrent step of every row: new h, c (R, H) and vocabulary scores (R, V), C-ordered."""
+        H = self.h.shape[1]
+        a = self._mm(self.h, self.Wh)  # (R, G)
+        a += self.word_terms[self.last]  # + x Wx + b
+        if self.lstm:
+            L.sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
+            np.tanh(a[:, 3 * H:], out=a[:, 3 * H:])
+            c = a[:, H: 2 * H] * self.c  # f * c
+            c += a[:, :H] * a[:, 3 * H:]  # + i * g
+            h = np.tanh(c)
+            h *= a[:, 2 * H: 3 * H]  # o * tanh(c)
+        else:
+            h = np.tanh(a)
+            c = self.c
+        scores = np.ascontiguousarray(self._mm(h, self.W_vocab))  # (R, V): rows contiguous
+        scores += self.b_vocab
+        return h, c, scores
+
+    @staticmethod
+    def _lse(scores: np.ndarray) -> np.ndarray:
+        """Log-sum-exp of each row (R,), float64; each row's sum reads that row only."""
+        m = scores.max(axis=1)  # (R,)
+        e = np.exp(scores - m[:, None])  # (R, V)
+        return m.astype(np.float64) + np.log(e.sum(axis=1).astype(np.float64))
 
     def step(self) -> list[TokenEvent]:
         """Advance every active request by one token; returns the tokens decided (greedy/sample)."""
+        self._flush()
         if not self.searches:
             return []
-        p = self.p
-        x = p["W_embed"][self.last]  # (R, W)
-        if self.lstm:
-            h, c, _ = L.lstm_step_forward(x, self.h, self.c, p["Wx"], p["Wh"], p["b"])  # (R, H) x 2
-        else:
-            h, _ = L.rnn_step_forward(x, self.h, p["Wx"], p["Wh"], p["b"])  # (R, H)
-            c = self.c
-        logp = L.log_softmax(h @ p["W_vocab"] + p["b_vocab"], axis=1)  # (R, V)
+        h, c, scores = self._forward()
+        R = len(self.last)
+        rows = np.arange(R)
+        lse = self._lse(scores)  # (R,)
+        tok = scores.argmax(axis=1)  # (R,) greedy choices (first maximum, as np.argmax)
+        lp = scores[rows, tok].astype(np.float64) - lse  # (R,)
+        pos = self.pos
+        self.tok_hist[rows, pos] = tok
+        self.lp_hist[rows, pos] = lp
+        pos += 1
+        events = self._greedy_events(tok, lp) if self.emit.any() else []
+        if self._others == 0:  # all greedy: one row per request
+            done = (tok == self.model.end_idx) | (pos >= self.limit)
+            if done.any():
+                for r in np.flatnonzero(done):
+                    self._finish_greedy(self.searches[r], int(r))
+                keep = ~done
+                self.searches = [s for s, k in zip(self.searches, keep.tolist(), strict=True) if k]
+                idx = np.flatnonzero(keep)
+                self._take(idx, h, c)
+                self.last = tok[idx]
+            else:
+                self.h, self.c, self.last = h, c, tok
+            return events
 
-        parents, tokens, events, kept = [], [], [], []
+        parents, tokens, kept = [], [], []
         offset = 0
         for search in self.searches:
-            rows = search.rows
-            par, tok, ev = search.advance(logp[offset: offset + rows])
-            parents.extend(offset + r for r in par)
-            tokens.extend(tok)
-            events.extend(ev)
-            offset += rows
-            if search.done:
-                self.results[search.handle] = search.captions()
+            k = search.rows
+            if isinstance(search, _Greedy):
+                t = int(tok[offset])
+                if t == search.end or pos[offset] >= self.limit[offset]:
+                    self._finish_greedy(search, offset)
+                else:
+                    parents.append(offset)
+                    tokens.append(t)
             else:
+                logp = scores[offset: offset + k].astype(np.float64) - lse[offset: offset + k, None]  # (k, V)
+                par, tk, ev = search.advance(logp)
+                parents.extend(offset + r for r in par)
+                tokens.extend(tk)
+                events.extend(ev)
+                if search.done:
+                    self.results[search.handle] = search.captions()
+            offset += k
+            if search.handle not in self.results:
                 kept.append(search)
         self.searches = kept
+        self._others = sum(not isinstance(s, _Greedy) for s in kept)
         idx = np.asarray(parents, dtype=np.int64)
-        self.h, self.c = h[idx], c[idx]  # (R', H)
+        self._take(idx, h, c)
         self.last = np.asarray(tokens, dtype=np.int64)
         return events
 
+    def _greedy_events(self, tok: np.ndarray, lp: np.ndarray) -> list[TokenEvent]:
+        words = self.model.idx_to_word
+        out = []
+        for r in np.flatnonzero(self.emit):
+            search, t = self._search_of_row(int(r)), int(tok[r])
+            out.append(TokenEvent(search.handle, 0, int(self.pos[r]) - 1, t, words[t], float(lp[r])))
+        return out
+
+    def _search_of_row(self, row: int) -> _Search:
+        if self._others == 0:
+            return self.searches[row]
+        offset = 0
+        for search in self.searches:
+            if row < offset + search.rows:
+                return search
+            offset += search.rows
+        raise IndexError(row)
+
+    def _finish_greedy(self, search: _Search, row: int) -> None:
+        n = int(self.pos[row])
+        self.results[search.handle] = [search.caption(self.tok_hist[row, :n].tolist(),
+                                                      self.lp_hist[row, :n].tolist())]
+
     def cancel(self, handle: int) -> None:
         """Drop a request (its rows stop being computed). Unknown or finished handles are ignored."""
+        self._flush()
         offset = 0
         keep = np.ones(self.num_rows, dtype=bool)
         for i, search in enumerate(self.searches):
             if search.handle == handle:
                 keep[offset: offset + search.rows] = False
                 del self.searches[i]
-                self.h, self.c, self.last = self.h[keep], self.c[keep], self.last[keep]
+                self._others -= not isinstance(search, _Greedy)
+                idx = np.flatnonzero(keep)
+                self._take(idx, self.h, self.c)
+                self.last = self.last[idx]
                 return
             offset += search.rows
         self.results.pop(handle, None)
@@ -411,14 +681,14 @@ def check_features(model: CaptioningRNN, features: np.ndarray, field: str = "fea
 
 def decode_batch(model: CaptioningRNN, features: np.ndarray, options: Sequence[DecodeOptions], *,
                  check: Callable[[], None] | None = None, max_length_limit: int = MAX_LENGTH_LIMIT,
-                 dtype=np.float64) -> list[list[Caption]]:
+                 dtype=None) -> list[list[Caption]]:
     """Decode N requests together.
 
     Inputs:
     - features: (N, D) one feature vector per request
     - options: N DecodeOptions
     - check: called between steps (e.g. ``CancelToken.check``) to stop early by raising
-    - dtype: compute dtype; float32 is faster but gives up the batch-invariance guarantee
+    - dtype: compute dtype (None: the model's); batch invariance holds in float32 and float64
 
     Returns N lists of captions, best first for beam search, by caption index otherwise.
     """
@@ -426,7 +696,7 @@ def decode_batch(model: CaptioningRNN, features: np.ndarray, options: Sequence[D
     if len(options) != len(features):
         raise InvalidInput(f"{len(features)} feature vectors but {len(options)} option sets")
     decoder = BatchDecoder(model, max_length_limit=max_length_limit, dtype=dtype)
-    handles = [decoder.add(f, o) for f, o in zip(features, options, strict=True)]
+    handles = [decoder.add(f, o, events=False) for f, o in zip(features, options, strict=True)]
     results: dict[int, list[Caption]] = {}
     while decoder.active:
         if check is not None:
@@ -436,11 +706,11 @@ def decode_batch(model: CaptioningRNN, features: np.ndarray, options: Sequence[D
     return [results[h] for h in handles]
 
 
-def decode(model: CaptioningRNN, features: np.ndarray, options: DecodeOptions | None = None,
-           **kw) -> list[Caption]:
+def decode(model: CaptioningRNN, features: np.ndarray, options: DecodeOptions | None = None, *,
+           dtype=None, **kw) -> list[Caption]:
     """Captions of one feature vector (D,); keyword arguments build DecodeOptions if none are given."""
     options = options if options is not None else DecodeOptions(**kw)
-    return decode_batch(model, np.asarray(features)[None], [options])[0]
+    return decode_batch(model, np.asarray(features)[None], [options], dtype=dtype)[0]
 
 
 def greedy(model: CaptioningRNN, features: np.ndarray, max_length: int = 30) -> Caption:
@@ -462,12 +732,12 @@ def sample_captions(model: CaptioningRNN, features: np.ndarray, *, seed: int, te
                   num_captions=num_captions, max_length=max_length)
 
 
-def decode_steps(model: CaptioningRNN, features: np.ndarray,
-                 options: DecodeOptions) -> Iterator[TokenEvent | Finished]:
+def decode_steps(model: CaptioningRNN, features: np.ndarray, options: DecodeOptions, *,
+                 dtype=None) -> Iterator[TokenEvent | Finished]:
     """Decode one feature vector (D,) step by step: a TokenEvent per token as soon as it is chosen
     (greedy and sampling), then one ``Finished`` with all captions. The generator can be closed
     between any two steps to stop the work."""
-    decoder = BatchDecoder(model)
+    decoder = BatchDecoder(model, dtype=dtype)
     handle = decoder.add(features, options)
     while decoder.active:
         yield from decoder.step()

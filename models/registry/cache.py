@@ -147,6 +147,23 @@ class ModelCache:
                     self._loaded.popitem(last=False)
             return loaded
 
+    def peek(self, name: str, version: int = 0) -> LoadedModel | None:
+        """``get(name, version)`` when it is a plain cache hit that needs no registry read (a pinned
+        version already loaded, or the default resolved less than ``refresh_seconds`` ago and loaded);
+        None otherwise. Never blocks on I/O, so an event loop may call it."""
+        with self._lock:
+            if version == 0:
+                cached = self._defaults.get(name)
+                if cached is None or time.monotonic() - cached[1] >= self.refresh_seconds:
+                    return None
+                version = cached[0]
+                if self._good.get(name) != version:
+                    return None
+            hit = self._loaded.get((name, version))
+            if hit is not None:
+                self._loaded.move_to_end((name, version))
+            return hit
+
     def is_loaded(self, name: str, version: int) -> bool:
         with self._lock:
             return (name, version) in self._loaded

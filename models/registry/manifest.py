@@ -9,6 +9,7 @@ against damage and mistakes, not an attacker who can write the registry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -102,9 +103,10 @@ class Manifest:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """Content identity of the model: files, tasks, framework and metadata, not name or time."""
+        """Content identity of the model: files, tasks, framework and metadata, not name or time.
+        Computed once (manifests are sealed: nothing changes them after loading)."""
         body = {
             "tasks": list(self.tasks),
             "framework": self.framework,
