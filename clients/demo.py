@@ -245,7 +245,8 @@ class Demo:
         for i, (scene, result) in enumerate(zip(picked, response.results, strict=True)):
             top = result.predictions
             correct += int(top[0].class_index == scene.label)
-            sal = self.client.visualization.saliency(Image.fromarray(scene.image), model=classifier)
+            sal = self.client.visualization.saliency(Image.fromarray(scene.image), model=classifier,
+                                                     render_images=True)
             heat = self.save(f"saliency_{i}_heatmap.png", sal.heatmap.data)
             overlay = self.save(f"saliency_{i}_overlay.png", sal.overlay.data)
             ranked = ", ".join(f"{p.label} {p.probability:.0%}" for p in top)

@@ -59,7 +59,7 @@ def classify_request(images: Sequence[ImageInput], model: str | None, top_k: int
 
 def saliency_request(image: ImageInput, target_class: int | None, method: str, model: str | None,
                      noise_level: float | None, samples: int, seed: int | None, steps: int,
-                     baseline: str) -> pb.SaliencyRequest:
+                     baseline: str, render_images: bool = False) -> pb.SaliencyRequest:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use vanilla, smoothgrad or integrated_gradients")
     if baseline not in BASELINES:
@@ -68,7 +68,8 @@ def saliency_request(image: ImageInput, target_class: int | None, method: str, m
                                  smoothgrad=pb.SmoothGradOptions(samples=samples, noise_level=noise_level,
                                                                  seed=seed),
                                  integrated_gradients=pb.IntegratedGradientsOptions(
-                                     steps=steps, baseline=BASELINES[baseline]))
+                                     steps=steps, baseline=BASELINES[baseline]),
+                                 render_images=render_images)
     if target_class is not None:
         request.target_class = target_class
     return request
@@ -116,10 +117,15 @@ class VisualizationClient(ServiceClient):
 
     def saliency(self, image: ImageInput, *, target_class: int | None = None, method: str = "vanilla",
                  model: str | None = None, noise_level: float | None = None, samples: int = 0,
-                 seed: int | None = None, steps: int = 0, baseline: str = "black", timeout: float | None = None,
-                 request_id: str | None = None) -> pb.SaliencyResponse:
-        """A saliency map; ``target_class`` None explains the predicted class."""
-        request = saliency_request(image, target_class, method, model, noise_level, samples, seed, steps, baseline)
+                 seed: int | None = None, steps: int = 0, baseline: str = "black", render_images: bool = False,
+                 timeout: float | None = None, request_id: str | None = None) -> pb.SaliencyResponse:
+        """A saliency map (``.saliency``, a tensor); ``target_class`` None explains the predicted class.
+
+        ``render_images`` True also asks for the heatmap, overlay and input PNGs (the server renders
+        them only then; ``pixelrpc.models.visualization.saliency_heatmap`` draws the heatmap from the tensor).
+        """
+        request = saliency_request(image, target_class, method, model, noise_level, samples, seed, steps, baseline,
+                                   render_images)
         return self.unary(self.stub.Saliency, request, timeout=timeout, request_id=request_id)
 
     def fooling_image_stream(self, image: ImageInput, target_class: int, *, model: str | None = None,
@@ -164,9 +170,10 @@ class AsyncVisualizationClient(AsyncServiceClient):
 
     async def saliency(self, image: ImageInput, *, target_class: int | None = None, method: str = "vanilla",
                        model: str | None = None, noise_level: float | None = None, samples: int = 0,
-                       seed: int | None = None, steps: int = 0, baseline: str = "black",
+                       seed: int | None = None, steps: int = 0, baseline: str = "black", render_images: bool = False,
                        timeout: float | None = None, request_id: str | None = None) -> pb.SaliencyResponse:
-        request = saliency_request(image, target_class, method, model, noise_level, samples, seed, steps, baseline)
+        request = saliency_request(image, target_class, method, model, noise_level, samples, seed, steps, baseline,
+                                   render_images)
         return await self.unary(self.stub.Saliency, request, timeout=timeout, request_id=request_id)
 
     def fooling_image_stream(self, image: ImageInput, target_class: int, *, model: str | None = None,

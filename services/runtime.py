@@ -68,14 +68,20 @@ class JobRunner:
     Beside it, a small ``control`` executor runs the short blocking work every call needs before (or
     instead of) a job: registry reads, model resolution, image headers. It takes no job slot, so
     ListModels, GetModel, DescribeImage and the admission of new work never wait behind inference.
+
+    Slots and threads are separate: ``max_concurrency`` jobs are admitted at once, but their steps
+    run on ``executor``, ``threads`` threads (default one: the torch thread). Torch work from two
+    threads at once makes two OpenMP pools spin against each other on the same cores (a SqueezeNet
+    forward went from 7.5 ms to 13-15 ms on 2 cores), so a process runs its torch work on one
+    thread whose intra-op pool has the CPUs (``torch_threads``); admitted jobs take turns step by
+    step. ``executor`` may be shared by the services of one process (``create_server`` does so).
     """
 
-    def __init__(self, max_concurrency: int, queue_depth: int, threads: int, name: str = "jobs",
-                 control_threads: int = 4):
+    def __init__(self, max_concurrency: int, queue_depth: int, threads: int = 1, name: str = "jobs",
+                 control_threads: int = 4, executor: ThreadPoolExecutor | None = None):
         self.max_concurrency = max(1, max_concurrency)
         self.queue_depth = max(0, queue_depth)
-        self.executor = ThreadPoolExecutor(max_workers=max(threads, self.max_concurrency),
-                                           thread_name_prefix=name)
+        self.executor = executor or torch_executor(threads, name)
         self.control = ThreadPoolExecutor(max_workers=max(1, control_threads),
                                           thread_name_prefix=f"{name}-control")
         self._semaphore: asyncio.Semaphore | None = None
@@ -143,6 +149,11 @@ class JobRunner:
     def contended(self) -> bool:
         """Someone waits for a slot: work that holds one across many small jobs should hand it over."""
         return self._waiting > 0 or self.rejoining > 0
+
+
+def torch_executor(threads: int = 1, name: str = "torch") -> ThreadPoolExecutor:
+    """The executor that runs a process's jobs (torch work): ``threads`` threads, at least one."""
+    return ThreadPoolExecutor(max_workers=max(1, int(threads)), thread_name_prefix=name)
 
 
 class PixelBudget:
@@ -515,8 +526,8 @@ class Call:
         finally:
             self.compute_ms += (time.perf_counter() - start) * 1000.0
 
-    async def admit_images(self, items: Sequence[tuple[common_pb2.Image, str, Planner]], *,
-                           wait: bool = False) -> ImageAdmission:
+    async def admit_images(self, items: Sequence[tuple[common_pb2.Image, str, Planner]],
+                           plans: list[WorkingPlan] | None = None, *, wait: bool = False) -> ImageAdmission:
         """Check ``(image, field, planner)`` items from their headers and reserve their decoded pixels.
 
         ``planner(header, limits) -> WorkingPlan`` decides each image's working size (e.g.
@@ -524,10 +535,14 @@ class Call:
         refused request has decoded nothing and holds nothing. The reservation (the largest image's
         decoded pixels) is released when ``ImageAdmission.decode`` is done, or when the call ends.
 
+        ``plans``: already made by ``ServiceContext.plan_images`` (e.g. in the control job that
+        resolved the model, saving a hop to the control executor).
+
         ``wait``: an item of an admitted stream (CaptionStream) waits for room in the server-wide
         budget instead of being refused; the stream's window bounds how many items wait.
         """
-        plans = await self.control(self.ctx.plan_images, items)
+        if plans is None:
+            plans = await self.control(self.ctx.plan_images, items)
         pixels = max((p.cost for p in plans), default=0)
         release = await self._reserve_waiting(pixels) if wait else self.ctx.pixels.reserve(pixels)
         self.on_end.append(release)

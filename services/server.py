@@ -27,8 +27,8 @@ from pixelrpc.services import registry_service, server_info
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
-from pixelrpc.services.runtime import JobRunner, PixelBudget, ServiceContext
-from pixelrpc.services.settings import Settings
+from pixelrpc.services.runtime import JobRunner, PixelBudget, ServiceContext, torch_executor
+from pixelrpc.services.settings import Settings, default_torch_threads
 
 log = logging.getLogger("pixelrpc.server")
 
@@ -294,6 +294,24 @@ def _credentials(settings: Settings):
     return grpc.ssl_server_credentials([(key, cert)])
 
 
+def configure_torch_threads(settings: Settings, services: Sequence[str] = ()) -> int:
+    """Size torch's intra-op pool: ``torch_threads``, or when 0 the CPUs this process may use (at most
+    4; ``default_torch_threads``). Returns the number set.
+
+    A captioning-only process imports torch only for an image encoder: then the count goes to
+    ``OMP_NUM_THREADS``, which torch reads when it loads, and torch is not imported here.
+    """
+    threads = settings.torch_threads if settings.torch_threads > 0 else default_torch_threads()
+    if "torch" not in sys.modules and not set(services) - {"captioning"}:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        return threads
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 async def create_server(services: Sequence[str], settings: Settings, *, registry: Registry | None = None,
                         configure: Callable[[PixelServer], None] | None = None) -> tuple[PixelServer, int]:
     """Build (not start) a server for ``services`` (names from SERVICE_MODULES) bound per ``settings``.
@@ -301,13 +319,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     Returns ``(server, port)``; with ``settings.port == 0`` the OS picks the port. ``configure`` may
     add test-only handlers before the server starts.
     """
-    if settings.torch_threads > 0:
-        if "torch" in sys.modules or set(services) - {"captioning"}:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
-        else:  # captioning imports torch only for an image encoder; torch reads this when it loads
-            os.environ["OMP_NUM_THREADS"] = str(settings.torch_threads)
+    configure_torch_threads(settings, services)
     registry = registry or Registry(settings.registry or None)
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -327,6 +339,9 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     modules: dict[str, object] = {}
     served = [registry_service.SERVICE_NAME, server_info.SERVICE_NAME]
     pixels = PixelBudget(settings.max_pixels_in_flight)  # one decoded-pixel budget per server
+    # One torch executor per process (worker_threads threads, default 1), shared by its services:
+    # see JobRunner. Each service keeps its own slots and queue.
+    executor = torch_executor(settings.worker_threads, "torch")
     for name in services:
         if name not in SERVICE_MODULES:
             raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
@@ -338,7 +353,8 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
                            on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s),
                            on_golden=lambda m, r: (metrics.golden_failures.labels(m.ref).inc()
                                                    if r.state == "failed" else None))
-        jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name)
+        jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name,
+                         executor=executor)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,
                              metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served,
                              pixels=pixels)

@@ -8,9 +8,11 @@ Every field can be set through the environment as ``PIXELRPC_<FIELD>`` (upper ca
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from pixelrpc.models.imaging import ImageLimits
 
@@ -18,6 +20,34 @@ MIB = 1024 * 1024
 
 DEFAULT_PORTS = {"captioning": 50051, "visualization": 50052, "style": 50053}
 DEFAULT_METRICS_PORTS = {"captioning": 9101, "visualization": 9102, "style": 9103}
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 quota (``cpu.max``) if any."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota readable: the affinity mask is the limit
+        pass
+    return max(1, cpus)
+
+
+# More intra-op threads than this rarely speed up a single small-batch forward (SqueezeNet, 224 px)
+# and make every OpenMP barrier dearer; set PIXELRPC_TORCH_THREADS to go beyond it.
+MAX_DEFAULT_TORCH_THREADS = 4
+
+
+def default_torch_threads() -> int:
+    """Torch intra-op threads when ``torch_threads`` is 0: the CPUs this process may use, at most 4."""
+    return min(available_cpus(), MAX_DEFAULT_TORCH_THREADS)
 
 
 def default_device() -> str:
@@ -43,8 +73,10 @@ class Settings:
     max_image_pixels: int = 24_000_000  # decoded pixels of one image (see models/imaging.py)
     max_image_side: int = 1024
     max_iterations: int = 1000
-    worker_threads: int = 2
-    torch_threads: int = 0  # 0: leave torch's default
+    # Threads that run jobs (torch work), shared by the services of a process: 1 keeps one OpenMP pool
+    # (see JobRunner); max_concurrency still bounds the jobs admitted at once.
+    worker_threads: int = 1
+    torch_threads: int = 0  # torch intra-op threads; 0: the CPUs this process may use, at most 4
     device: str = ""  # "" -> cuda when available, else cpu
     # Calls that may wait for a job slot; more get RESOURCE_EXHAUSTED. A waiting call holds only its
     # request message (images are decoded when it runs), so a deep queue is cheap and turns bursts of

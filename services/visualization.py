@@ -12,6 +12,8 @@ executor before the call queues; then decoding, the model and the answer's encod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from pixelrpc.models import visualization as vis
@@ -60,6 +62,19 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
             raise InvalidInput(f"model {loaded.manifest.ref} is not an image classifier", field="model.name")
         return loaded, model
 
+    async def _admit(self, request, call: Call, images: list[tuple], check: Callable | None = None):
+        """Resolve the model, run ``check(model)`` and plan ``images`` ``(image, field)`` from their
+        headers in ONE control job (each hop to another thread costs a scheduling delay on a busy
+        box), then reserve their pixels. Returns ``(loaded, model, check's result, admission)``."""
+        def resolve():
+            loaded, model = self._model(request, call)
+            checked = check(model) if check is not None else None
+            items = [(image, field, model.plan_input) for image, field in images]
+            return loaded, model, checked, items, self.ctx.plan_images(items)
+
+        loaded, model, checked, items, plans = await call.control(resolve)
+        return loaded, model, checked, await call.admit_images(items, plans)
+
     def _bounded(self, value: int, default: int, name: str, minimum: int = 1) -> int:
         """A count from the request: 0 takes ``default``; it must lie in [minimum, max_iterations]."""
         return check_count(int(value) or default, name, minimum=minimum,
@@ -81,9 +96,8 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
             raise InvalidInput(f"at most {MAX_CLASSIFY_IMAGES} images per request, got {len(request.images)}",
                                field="images")
         top_k = int(request.top_k) or 5
-        loaded, model = await call.control(self._model, request, call)
-        admitted = await call.admit_images([(img, f"images[{i}]", model.plan_input)
-                                            for i, img in enumerate(request.images)])
+        loaded, model, _, admitted = await self._admit(
+            request, call, [(img, f"images[{i}]") for i, img in enumerate(request.images)])
 
         def work():
             images = admitted.decode()  # each already S x S: the peak is one decoded image
@@ -106,20 +120,25 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
         sg = request.smoothgrad  # its seed is checked before the image is decoded and the model loaded
         seed = (resolve_seed(sg.seed if sg.HasField("seed") else None, "smoothgrad.seed")
                 if method == "smoothgrad" else None)
-        loaded, model = await call.control(self._model, request, call)
-        target = (self._check_class(model, request.target_class, "target_class")
-                  if request.HasField("target_class") else None)
-        options: dict = {}
-        if method == "smoothgrad":
-            options = {"noise_level": sg.noise_level if sg.HasField("noise_level") else 0.15,
-                       "samples": self._bounded(sg.samples, 25, "smoothgrad.samples"), "seed": seed}
-        elif method == "integrated_gradients":
-            ig = request.integrated_gradients
-            if ig.baseline not in BASELINES:
-                raise InvalidInput(f"unknown baseline {ig.baseline}", field="integrated_gradients.baseline")
-            options = {"steps": self._bounded(ig.steps, 50, "integrated_gradients.steps", minimum=2),
-                       "baseline": BASELINES[ig.baseline]}
-        admitted = await call.admit_images([(request.image, "image", model.plan_input)])
+
+        def check(model: ImageModel):  # in the control job, before the image's header is read
+            target = (self._check_class(model, request.target_class, "target_class")
+                      if request.HasField("target_class") else None)
+            options: dict = {}
+            if method == "smoothgrad":
+                options = {"noise_level": sg.noise_level if sg.HasField("noise_level") else 0.15,
+                           "samples": self._bounded(sg.samples, 25, "smoothgrad.samples"), "seed": seed}
+            elif method == "integrated_gradients":
+                ig = request.integrated_gradients
+                if ig.baseline not in BASELINES:
+                    raise InvalidInput(f"unknown baseline {ig.baseline}", field="integrated_gradients.baseline")
+                options = {"steps": self._bounded(ig.steps, 50, "integrated_gradients.steps", minimum=2),
+                           "baseline": BASELINES[ig.baseline]}
+            return target, options
+
+        loaded, model, (target, options), admitted = await self._admit(request, call, [(request.image, "image")],
+                                                                       check)
+        render = request.render_images
 
         def work() -> pb.SaliencyResponse:
             x = model.preprocess(admitted.decode())  # (1, 3, S, S)
@@ -129,17 +148,19 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
                     cls = int(model(x).argmax(1))
             result = vis.saliency(x, [cls], model, method, cancel=call.cancel, **options)
             predicted = int(result.predicted[0])
-            shown = model.deprocess(x)[0]
             smap = result.maps[0].float().cpu()  # (S, S)
-            return pb.SaliencyResponse(
+            response = pb.SaliencyResponse(
                 saliency=numpy_to_tensor(smap.numpy()),
-                heatmap=image_pb_from_pil(vis.saliency_heatmap(smap)),
-                overlay=image_pb_from_pil(vis.saliency_overlay(shown, smap)),
-                input=image_pb_from_pil(shown),
                 target_class=cls, target_label=class_label(model, cls), target_score=float(result.scores[0]),
                 predicted_class=predicted, input_size=model.input_size,
                 completeness_gap=float(result.completeness_gap[0]) if result.completeness_gap is not None else 0.0,
                 method=METHOD_ENUMS[method])
+            if render:  # the pictures only when asked for: three PNGs cost more than the map itself
+                shown = model.deprocess(x)[0]
+                response.heatmap.CopyFrom(image_pb_from_pil(vis.saliency_heatmap(smap)))
+                response.overlay.CopyFrom(image_pb_from_pil(vis.saliency_overlay(shown, smap)))
+                response.input.CopyFrom(image_pb_from_pil(shown))
+            return response
 
         response = await call.run(work)
         response.meta.CopyFrom(call.meta(loaded, seed=seed))
@@ -148,12 +169,14 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     # ------------------------------------------------------------------ FoolingImage
     @rpc
     async def FoolingImage(self, request: pb.FoolingImageRequest, call: Call):
-        loaded, model = await call.control(self._model, request, call)
-        target = self._check_class(model, request.target_class, "target_class")
-        max_iters = self._bounded(request.max_iterations, 100, "max_iterations")
-        learning_rate = check_positive(request.learning_rate or 1.0, "learning_rate")
-        magnify = check_positive(request.magnify or 10.0, "magnify")
-        admitted = await call.admit_images([(request.image, "image", model.plan_input)])
+        def check(model: ImageModel):
+            return (self._check_class(model, request.target_class, "target_class"),
+                    self._bounded(request.max_iterations, 100, "max_iterations"),
+                    check_positive(request.learning_rate or 1.0, "learning_rate"),
+                    check_positive(request.magnify or 10.0, "magnify"))
+
+        loaded, model, (target, max_iters, learning_rate, magnify), admitted = await self._admit(
+            request, call, [(request.image, "image")], check)
 
         def job():
             x = model.preprocess(admitted.decode())  # (1, 3, S, S)

@@ -43,3 +43,19 @@ def test_captioning_benchmark_smoke_records_every_row(tmp_path):
     for expected in ("greedy decode in process, N=1", "concurrent single-caption clients",
                      "server CPU per caption", "1 client", "LSTM training step"):
         assert expected in workloads, expected
+
+
+def test_visualization_bench_smoke_prints_its_rows(quick_bootstrap):
+    """``bench/visualization.py --smoke``: server subprocess, references and the five rows; no timing asserted."""
+    env = {**os.environ, "PIXELRPC_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PIXELRPC_BENCH_RESULTS", None)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "visualization.py"), "--smoke", "--threads", "1",
+         "--registry", str(quick_bootstrap.registry.root), "--model", "shapes-squeezenet"],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    rows = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(("[pass]", "[FAIL]"))]
+    assert len(rows) == 5, proc.stdout
+    for workload in ("Classify p50", "Saliency p50", "FoolingImage per step", "ClassVisualization per step",
+                     "4 concurrent clients"):
+        assert any(workload in row for row in rows), proc.stdout

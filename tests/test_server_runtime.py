@@ -375,3 +375,30 @@ def test_manifest_serving_section_sets_per_model_limits(tmp_path):
     manifest = reg.resolve("limited")
     assert ModelCache(reg, device="cuda").device_for(manifest) == "cpu"  # the manifest picks
     assert ModelCache(reg, device="cuda", device_is_explicit=True).device_for(manifest) == "cuda"
+
+
+def test_one_torch_executor_per_process_sized_by_settings(tmp_path, monkeypatch):
+    """Issue 11: the services of a process share one job (torch) executor of worker_threads threads
+    (default 1: one OpenMP pool), each keeping its own slots; torch threads follow the CPUs allowed."""
+    import torch
+
+    from pixelrpc.services import settings as settings_mod
+
+    assert Settings().worker_threads == 1
+    previous = torch.get_num_threads()
+    try:
+        with running_server(["captioning", "visualization", "style"], FAST.replace(torch_threads=1),
+                            registry=str(tmp_path)) as srv:
+            runners = [ctx.jobs for ctx in srv.contexts.values()]
+            assert len({id(r.executor) for r in runners}) == 1 and runners[0].executor._max_workers == 1
+            assert len({id(r) for r in runners}) == 3 and all(r.max_concurrency == FAST.max_concurrency
+                                                               for r in runners)
+            assert runners[0].executor.submit(torch.get_num_threads).result(30) == 1  # the torch thread's pool
+    finally:
+        torch.set_num_threads(previous)
+    quota = tmp_path / "cpu.max"
+    monkeypatch.setattr(settings_mod, "CGROUP_CPU_MAX", quota)
+    quota.write_text("max 100000\n")
+    assert settings_mod.available_cpus() == len(os.sched_getaffinity(0))
+    quota.write_text("50000 100000\n")  # half a CPU: one thread
+    assert settings_mod.available_cpus() == 1 and settings_mod.default_torch_threads() == 1

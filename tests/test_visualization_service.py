@@ -97,8 +97,13 @@ def test_saliency_vanilla_matches_the_domain_function(client, model):
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-9)
     assert response.target_class == 2 and response.target_label == "cat" and response.input_size == 32
     assert response.method == pb.SALIENCY_METHOD_VANILLA
-    for picture in (response.heatmap, response.overlay, response.input):
+    # The map only by default; the three pictures when asked for, rendered from the same map.
+    assert not (response.HasField("heatmap") or response.HasField("overlay") or response.HasField("input"))
+    pictures = client.saliency(image, target_class=2, render_images=True)
+    assert np.array_equal(to_numpy(pictures.saliency), got)
+    for picture in (pictures.heatmap, pictures.overlay, pictures.input):
         assert to_pil(picture).size == (32, 32)
+    assert np.array_equal(np.asarray(to_pil(pictures.heatmap)), np.asarray(vis.saliency_heatmap(got)))
     with torch.no_grad():
         assert response.predicted_class == int(model(x).argmax(1))
 

@@ -96,7 +96,7 @@ def saliency_command(image, target_class, label, method, samples, noise_level, s
     with connect(SERVICE, addr, timeout) as client:
         response = client.saliency(image, target_class=target_class, method=method.replace("-", "_"),
                                    model=model, noise_level=noise_level, samples=samples, seed=seed, steps=steps,
-                                   baseline=baseline)
+                                   baseline=baseline, render_images=True)
     _write_image(response.overlay, output)
     if heatmap is not None:
         _write_image(response.heatmap, heatmap)

@@ -85,20 +85,22 @@ class IntegratedGradientsOptions(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., baseline: _Optional[_Union[IntegratedGradientsBaseline, str]] = ...) -> None: ...
 
 class SaliencyRequest(_message.Message):
-    __slots__ = ("model", "image", "target_class", "method", "smoothgrad", "integrated_gradients")
+    __slots__ = ("model", "image", "target_class", "method", "smoothgrad", "integrated_gradients", "render_images")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SMOOTHGRAD_FIELD_NUMBER: _ClassVar[int]
     INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    RENDER_IMAGES_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     image: _common_pb2.Image
     target_class: int
     method: SaliencyMethod
     smoothgrad: SmoothGradOptions
     integrated_gradients: IntegratedGradientsOptions
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., target_class: _Optional[int] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., smoothgrad: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ...) -> None: ...
+    render_images: bool
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., target_class: _Optional[int] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., smoothgrad: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., render_images: _Optional[bool] = ...) -> None: ...
 
 class SaliencyResponse(_message.Message):
     __slots__ = ("saliency", "heatmap", "overlay", "input", "target_class", "target_label", "target_score", "predicted_class", "input_size", "completeness_gap", "method", "meta")
