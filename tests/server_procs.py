@@ -120,11 +120,24 @@ class ServerProcess:
                 time.sleep(0.2)
         return self
 
+    def wait_ready(self, timeout: float = 300.0) -> ServerProcess:
+        """``wait_serving``, then wait until every served service is ready too (its preloaded models
+        loaded and warmed: readiness may follow liveness by seconds on a busy machine)."""
+        self.wait_serving()
+        deadline = time.monotonic() + timeout
+        while not self.is_healthy():
+            if not self.alive:
+                raise RuntimeError(f"{self.label} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.label} not ready after {timeout:.0f}s: {self.health_report()}")
+            time.sleep(0.2)
+        return self
+
     def ensure(self) -> ServerProcess:
-        """Restart the server if an earlier case killed it."""
+        """Restart the server if an earlier case killed it (and wait until it is ready)."""
         if not self.alive:
             self.close_channels()
-            self.start().wait_serving()
+            self.start().wait_ready()
         return self
 
     @property

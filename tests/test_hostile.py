@@ -155,7 +155,7 @@ def servers(quick_bootstrap, tmp_path_factory):
         for p in procs.values():
             p.start()
         for p in procs.values():
-            p.wait_serving()
+            p.wait_ready()
         yield procs
     finally:
         codes = {name: p.stop() for name, p in procs.items()}
