@@ -333,13 +333,7 @@ class ServiceContext:
             if call is not None:
                 call.model_choice = reason
         loaded = self.cache.get(name, version)
-        if task not in loaded.manifest.tasks:
-            raise InvalidInput(
-                f"model {loaded.manifest.ref} does not serve task {task!r} (its tasks: "
-                f"{', '.join(loaded.manifest.tasks)})", field=f"{field}.name")
-        if call is not None:
-            self._apply_model_serving(loaded, call)
-        return loaded
+        return self._admit_model(loaded, task, field, call)
 
     def cached_model(self, ref: common_pb2.ModelRef | None, *, task: str, field: str = "model",
                      call: Call | None = None) -> LoadedModel | None:
@@ -351,6 +345,10 @@ class ServiceContext:
         loaded = self.cache.peek(ref.name, ref.version)
         if loaded is None:
             return None
+        return self._admit_model(loaded, task, field, call)
+
+    def _admit_model(self, loaded: LoadedModel, task: str, field: str, call: Call | None) -> LoadedModel:
+        """Check that ``loaded`` serves ``task`` and apply its per-model serving limits to ``call``."""
         if task not in loaded.manifest.tasks:
             raise InvalidInput(
                 f"model {loaded.manifest.ref} does not serve task {task!r} (its tasks: "
