@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from results import record
+from soak import quick_registry
 
 
 def pngs(count: int, size: int, seed: int = 0) -> list[bytes]:
@@ -145,12 +147,14 @@ async def clients_case(address: str, images: list[bytes], clients: int, seconds:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--registry", required=True, help="a registry with shapes-captioner (it is copied)")
+    parser.add_argument("--registry", default=os.environ.get("PIXELRPC_REGISTRY") or None,
+                        help="a registry with shapes-captioner, copied (else a quick bootstrap in a temp folder)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--size", type=int, default=96, help="side of the test images in pixels")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        registry = shutil.copytree(args.registry, Path(folder) / "registry")
+        registry = (shutil.copytree(args.registry, Path(folder) / "registry") if args.registry
+                    else quick_registry(Path(folder)))
         port = free_port()
         address = f"127.0.0.1:{port}"
         proc = start_server(str(registry), port)
@@ -162,15 +166,22 @@ def main() -> None:
             ok, errors = cli_case(address, images[:40])
             print(f"1. pixelrpc caption, 40 files: {ok}/40 answered, errors {dict(errors)} "
                   f"({time.perf_counter() - start:.1f} s)", flush=True)
+            record("pixelrpc caption, 40 image files", "items sent", 40, ok, "answered", ok / 40, ">= 1")
             start = time.perf_counter()
             ok, errors = streams_case(address, images, 4)
             print(f"2. 4 streams x 300 images: {ok}/1200 answered, errors {dict(errors)} "
                   f"({time.perf_counter() - start:.1f} s)", flush=True)
+            record("CaptionStream, 4 streams x 300 images", "items sent", 1200, ok, "answered", ok / 1200, ">= 1")
             calls, errors, rss = asyncio.run(clients_case(address, images, 64, args.seconds, proc.pid))
             print(f"3. 64 unary clients for {args.seconds:g} s: {calls} captions "
                   f"({calls / args.seconds:.1f}/s), errors {dict(errors)}; server RSS MiB every 5 s: "
                   f"{' '.join(f'{r:.0f}' for r in rss)} (first {rss[0]:.0f}, last {rss[-1]:.0f}, "
                   f"max {max(rss):.0f})", flush=True)
+            failed = sum(errors.values())
+            record(f"64 unary Caption clients, {args.seconds:g} s", "calls made", calls + failed, calls,
+                   "answered", calls / max(1, calls + failed), ">= 1")
+            record(f"server RSS during {args.seconds:g} s of 64 clients", "RSS at the start of the load",
+                   rss[0], max(rss), "MiB", max(rss) / rss[0], "<= 1.1")
         finally:
             proc.terminate()
             proc.wait(30)
