@@ -17,6 +17,8 @@
 #   KEEP_DOCKERD=1         leave a dockerd started here running
 #   CLEAN=1                also remove the registry volume at the end (next run bootstraps again)
 #   HEALTH_TIMEOUT         seconds to wait for healthy services                          [900]
+#   WHEELS_PORT            loopback port the wheels are served on during the build (a fixed
+#                          port keeps the image's build cache valid; any free one if taken) [8765]
 #   PIXELRPC_BOOTSTRAP_FLAGS  flags of registry-init's bootstrap; set it empty for the full models
 #                          (the volume keeps whatever was bootstrapped first: see CLEAN)  [--quick]
 #   PIXELRPC_IMAGE, PIXELRPC_BASE_IMAGE, COMPOSE_PROJECT, COMPOSE_TEST_OUT
@@ -30,6 +32,7 @@ BASE_IMAGE=${PIXELRPC_BASE_IMAGE:-pixelrpc-base:bookworm}
 OUT=${COMPOSE_TEST_OUT:-$ROOT/docker/build/compose-test}
 DATA_ROOT=${DOCKER_DATA_ROOT:-/var/lib/docker}
 HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-900}
+WHEELS_PORT=${WHEELS_PORT:-8765}
 export PIXELRPC_BOOTSTRAP_FLAGS=${PIXELRPC_BOOTSTRAP_FLAGS---quick}
 PY=$ROOT/.venv/bin/python
 CLI=$ROOT/.venv/bin/pixelrpc
@@ -90,8 +93,11 @@ ensure_daemon() {
         if overlay_works; then driver=overlay2; else driver=vfs; fi
     fi
     log "starting dockerd (--storage-driver=$driver --bridge=none --iptables=false, data root $DATA_ROOT)"
-    dockerd --storage-driver="$driver" --bridge=none --iptables=false --ip-masq=false \
-        --data-root "$DATA_ROOT" > "$OUT/dockerd.log" 2>&1 &
+    # Only stdin/stdout/stderr go to dockerd: one left running (KEEP_UP, KEEP_DOCKERD) would otherwise
+    # keep the caller's descriptors open, e.g. the lock of `flock /tmp/bench.lock make compose-test`.
+    /usr/bin/python3 -c 'import os, sys; os.closerange(3, os.sysconf("SC_OPEN_MAX")); os.execvp(sys.argv[1], sys.argv[1:])' \
+        dockerd --storage-driver="$driver" --bridge=none --iptables=false --ip-masq=false \
+        --data-root "$DATA_ROOT" > "$OUT/dockerd.log" 2>&1 < /dev/null &
     STARTED_DOCKERD=$!
     for _ in $(seq 60); do
         "$DOCKER" info > /dev/null 2>&1 && return
@@ -103,7 +109,9 @@ ensure_daemon() {
 
 # --- image -------------------------------------------------------------------------------------------
 serve_wheels() {
-    "$PY" - "$ROOT/docker/wheels" > "$OUT/wheel-server.port" 2> "$OUT/wheel-server.log" <<'EOF' &
+    # A fixed port when it is free: WHEELS_URL is a build argument of the RUN layer, so a new port
+    # would be a cache miss and rebuild the whole ~6 GB layer even when nothing changed.
+    "$PY" - "$ROOT/docker/wheels" "$WHEELS_PORT" > "$OUT/wheel-server.port" 2> "$OUT/wheel-server.log" <<'EOF' &
 import functools
 import http.server
 import sys
@@ -112,7 +120,11 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=sys.argv[1]))
+handler = functools.partial(Quiet, directory=sys.argv[1])
+try:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), handler)
+except OSError:  # taken: any free port (the image layer is then rebuilt)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 EOF
@@ -272,5 +284,9 @@ t=$SECONDS; build_image; log "image ready in $((SECONDS - t)) s"
 t=$SECONDS; up; wait_healthy; log "suite up and healthy in $((SECONDS - t)) s"
 t=$SECONDS; exercise; log "CLI calls done in $((SECONDS - t)) s"
 disk_report
-t=$SECONDS; down; log "down in $((SECONDS - t)) s"
+if [[ -n ${KEEP_UP:-} ]]; then
+    log "KEEP_UP=1: the suite stays up; stop it with: ${COMPOSE[*]} down"
+else
+    t=$SECONDS; down; log "down in $((SECONDS - t)) s"
+fi
 log "compose-test passed in ${SECONDS} s; outputs in $OUT"
