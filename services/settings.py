@@ -93,8 +93,8 @@ class Settings:
     shutdown_delay: float = 0.5  # seconds NOT_SERVING is announced before the server stops accepting
     model_cache_size: int = 8
     registry_refresh_seconds: float = 2.0
-    preload: str = ""
-    default_model: str = ""  # the model a request that names none gets (else each service's preference list)  # comma-separated model refs to load and warm before reporting SERVING
+    preload: str = ""  # comma-separated model refs to load and warm before reporting SERVING
+    default_model: str = ""  # the model a request that names none gets (else each service's preference list)
     # Dynamic batching (captioning); a model's manifest "serving" section may override the defaults,
     # and these explicit overrides win over the manifest when set (> 0).
     max_batch_size: int = 0
