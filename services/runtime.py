@@ -95,25 +95,26 @@ class JobRunner:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._semaphore
 
-    async def acquire(self, account: Callable[[float], None] | None = None) -> float:
+    async def acquire(self, account: Callable[[float], None] | None = None, *, admitted: bool = False) -> float:
         """Wait for a slot; returns the seconds waited. Raises Overloaded when the queue is full.
 
         ``account(seconds)`` receives the wait however it ends: granted, or cancelled in the queue
         (the caller went away or its deadline passed), so the access log and the queue metric report
-        the real wait of calls that never ran.
+        the real wait of calls that never ran. ``admitted`` work (``reacquire``) is never refused.
         """
         sem = self._sem()
-        if sem.locked() and self._waiting >= self.queue_depth:
+        if not admitted and sem.locked() and self._waiting >= self.queue_depth:
             raise Overloaded(
                 f"server busy: {self.running} jobs running and {self._waiting} queued "
                 f"(max_concurrency={self.max_concurrency}, queue_depth={self.queue_depth}); retry later"
             )
+        counter = "rejoining" if admitted else "_waiting"
         start = time.perf_counter()
-        self._waiting += 1
+        setattr(self, counter, getattr(self, counter) + 1)
         try:
             await sem.acquire()
         finally:
-            self._waiting -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
             waited = time.perf_counter() - start
             if account is not None:
                 account(waited)
@@ -136,14 +137,7 @@ class JobRunner:
         Such work is not counted against ``queue_depth``: it was admitted once, and refusing it now
         would fail a request half done; its number is bounded by the calls and streams admitted.
         """
-        start = time.perf_counter()
-        self.rejoining += 1
-        try:
-            await self._sem().acquire()
-        finally:
-            self.rejoining -= 1
-        self.running += 1
-        return time.perf_counter() - start
+        return await self.acquire(admitted=True)
 
     @property
     def contended(self) -> bool:
