@@ -82,6 +82,7 @@ class JobRunner:
         self.max_concurrency = max(1, max_concurrency)
         self.queue_depth = max(0, queue_depth)
         self.executor = executor or torch_executor(threads, name)
+        self.compute = compute_runner(self.executor)  # blocking: fn() on the torch thread
         self.control = ThreadPoolExecutor(max_workers=max(1, control_threads),
                                           thread_name_prefix=f"{name}-control")
         self._semaphore: asyncio.Semaphore | None = None
@@ -145,9 +146,34 @@ class JobRunner:
         return self._waiting > 0 or self.rejoining > 0
 
 
+_compute_thread = threading.local()
+
+
 def torch_executor(threads: int = 1, name: str = "torch") -> ThreadPoolExecutor:
     """The executor that runs a process's jobs (torch work): ``threads`` threads, at least one."""
-    return ThreadPoolExecutor(max_workers=max(1, int(threads)), thread_name_prefix=name)
+    return ThreadPoolExecutor(max_workers=max(1, int(threads)), thread_name_prefix=name,
+                              initializer=_mark_compute_thread)
+
+
+def _mark_compute_thread() -> None:
+    _compute_thread.active = True
+
+
+def compute_runner(executor: ThreadPoolExecutor) -> Callable[[Callable[[], T]], T]:
+    """``run(fn)``: ``fn()`` on ``executor`` (a ``torch_executor``), waited for; at once when the caller
+    already is one of its threads. Blocking: for the control executor and start-up, never the loop.
+
+    Model loads and warm-ups go through it, so the only OpenMP pool in the process is the torch
+    thread's: one started from a control thread made every later forward 1.7x slower (its idle pool
+    and the torch thread's compete for the same cores).
+    """
+
+    def run(fn: Callable[[], T]) -> T:
+        if getattr(_compute_thread, "active", False):
+            return fn()
+        return executor.submit(fn).result()
+
+    return run
 
 
 class PixelBudget:

@@ -27,7 +27,7 @@ from pixelrpc.services import registry_service, server_info
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
-from pixelrpc.services.runtime import JobRunner, PixelBudget, ServiceContext, torch_executor
+from pixelrpc.services.runtime import JobRunner, PixelBudget, ServiceContext, compute_runner, torch_executor
 from pixelrpc.services.settings import Settings, default_torch_threads
 
 log = logging.getLogger("pixelrpc.server")
@@ -167,7 +167,8 @@ class PixelServer:
         ctx = self.contexts[svc]
         warmup = getattr(self.modules.get(svc), "warmup", None)
         if warmup is not None and set(loaded.manifest.tasks) & set(ctx.tasks):
-            warmup(ctx, loaded)
+            # on the torch thread (its one OpenMP pool); loads stay here, so it never waits on one
+            ctx.jobs.compute(lambda: warmup(ctx, loaded))
         pin = loaded.manifest.metadata.get("encoder")
         if isinstance(pin, dict) and pin.get("name"):
             ctx.cache.get(str(pin["name"]), int(pin.get("version") or 0))
@@ -352,7 +353,8 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
                            device_is_explicit=bool(settings.device),
                            on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s),
                            on_golden=lambda m, r: (metrics.golden_failures.labels(m.ref).inc()
-                                                   if r.state == "failed" else None))
+                                                   if r.state == "failed" else None),
+                           compute=compute_runner(executor))
         jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name,
                          executor=executor)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,

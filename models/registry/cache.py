@@ -41,9 +41,17 @@ class LoadedModel:
 
 
 class ModelCache:
+    """Loaded models by ``(name, version)``.
+
+    ``compute``: how the torch work of a load (deserialising, moving to the device, the golden run)
+    is run, ``compute(fn) -> fn()``. A server passes its torch thread's runner, so that no other
+    thread ever starts an OpenMP pool (two pools in one process spin against each other: a
+    SqueezeNet forward took 1.7x as long once a second thread had run torch). Default: the caller.
+    """
+
     def __init__(self, registry: Registry, *, max_models: int = 8, refresh_seconds: float = 2.0,
                  device: str = "cpu", device_is_explicit: bool = False, on_load=None, on_golden=None,
-                 golden: bool = True):
+                 golden: bool = True, compute=None):
         self.registry = registry
         self.max_models = max(1, int(max_models))
         self.refresh_seconds = refresh_seconds
@@ -53,6 +61,7 @@ class ModelCache:
         self.on_load = on_load  # callback(manifest, seconds) for metrics
         self.on_golden = on_golden  # callback(manifest, GoldenReport) after every golden run
         self.golden = golden
+        self.compute = compute or (lambda fn: fn())
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._defaults: dict[str, tuple[int, float]] = {}  # name -> (version, checked at)
@@ -198,6 +207,9 @@ class ModelCache:
 
     def _load(self, name: str, version: int) -> LoadedModel:
         manifest = self.registry.resolve(name, version)
+        return self.compute(lambda: self._deserialise(name, version, manifest))
+
+    def _deserialise(self, name: str, version: int, manifest: Manifest) -> LoadedModel:
         start = time.perf_counter()
         model = load_model(self.registry, manifest, self.device_for(manifest))
         seconds = time.perf_counter() - start
