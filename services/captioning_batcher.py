@@ -13,8 +13,9 @@ Policy:
 - ``max_batch_size`` requests are decoded together at most; the rest wait (at most
   ``max_pending``; beyond that a request is refused with RESOURCE_EXHAUSTED).
 - When the worker is idle and a request arrives, it waits up to ``max_delay_s`` for others
-  (or until the batch is full) before the first step; requests arriving while a batch runs join it
-  at the next step without waiting.
+  (or until the batch is full) before the first step, if requests have been concurrent in the last
+  second (a lone caller does not wait); requests arriving while a batch runs join it at the next
+  step without waiting.
 - While it has work the worker holds one job slot of the service's bounded executor, so the
   server's ``max_concurrency`` still bounds the CPU work. The service passes a slot acquire that
   waits in line and never refuses (``JobRunner.reacquire``): the requests were admitted already, and
@@ -101,6 +102,7 @@ class ModelBatcher:
         self.stats = BatcherStats()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._last_shared_step = -1e9  # monotonic time of the last step that decoded 2+ requests
 
     # ------------------------------------------------------------------ callers
     @property
@@ -145,7 +147,11 @@ class ModelBatcher:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="caption-batcher")
 
     async def _gather_first_batch(self) -> None:
-        """Idle -> busy: give concurrent callers ``max_delay_s`` to arrive together."""
+        """Idle -> busy: give concurrent callers ``max_delay_s`` to arrive together, but only when
+        callers have been concurrent lately (a step of the last second decoded two or more requests):
+        a lone caller starts at once, and anyone arriving later joins at the next step anyway."""
+        if self._last_shared_step < time.monotonic() - 1.0:
+            return
         deadline = time.monotonic() + self.policy.max_delay_s
         while len(self.pending) < self.policy.max_batch_size:
             left = deadline - time.monotonic()
@@ -262,6 +268,8 @@ class ModelBatcher:
             self.active[request.handle] = request
         for request in self.active.values():
             request.compute_s += outcome.seconds
+        if outcome.batch > 1:
+            self._last_shared_step = time.monotonic()
         if outcome.batch:
             self.stats.steps += outcome.steps
             self.stats.max_batch = max(self.stats.max_batch, outcome.batch)

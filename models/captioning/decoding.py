@@ -8,9 +8,9 @@ OSDI 2022), so a service can batch concurrent callers without making anyone wait
 
 Batching never changes a result, bitwise, in float32 (the default for float32 models) as in float64:
 
-- every row's numbers are computed by the same arithmetic whatever the batch: the products go
-  through the BLAS ``gemm`` kernel for every row count (never ``gemv``, whose arithmetic differs),
-  and the softmax of a row reads that row only (see ``BatchDecoder``);
+- every row's numbers are computed by the same arithmetic whatever the batch: the products are
+  row-invariant by construction and measured so on the BLAS in use (``products``), and the softmax
+  of a row reads that row only (see ``BatchDecoder``);
 - a request's choices depend only on its own rows;
 - each sampled caption draws from its own ``numpy.random.Generator(PCG64)``, seeded from the
   request's seed and the caption's index (``SeedSequence(seed).spawn``), one draw per step.
@@ -39,6 +39,7 @@ import numpy as np
 
 from pixelrpc.models.captioning import rnn_layers as L
 from pixelrpc.models.captioning.captioning_rnn import END, NULL, START, CaptioningRNN
+from pixelrpc.models.captioning.products import invariant_product
 from pixelrpc.models.errors import FailedPrecondition, FieldViolation, InvalidInput
 from pixelrpc.models.options import seed_violation
 
@@ -297,111 +298,32 @@ class _Beam(_Search):
 # --------------------------------------------------------------------------- engine
 
 
-def _gemm_for(dtype: np.dtype):
-    """``gemm(1.0, a, b)`` of the given dtype: the BLAS level-3 routine, called directly.
-
-    numpy hands a one-row product to ``gemv``, whose arithmetic differs from ``gemm``'s (and OpenBLAS
-    forwards ``M == 1`` from its CBLAS ``gemm`` to ``gemv`` too), so a row's result would depend on
-    whether it is alone. The Fortran ``?gemm`` entry point that scipy wraps keeps the row count on
-    the ``gemm`` drivers, whose per-element arithmetic depends only on the inner dimension K.
-    """
-    from scipy.linalg.blas import get_blas_funcs
-
-    return get_blas_funcs("gemm", dtype=dtype)
-
-
-SMALL_PRODUCT_ROWS = 16
-
-
-class _Product:
-    """``a @ w`` for any number of rows, through BLAS ``gemm`` kernels only.
-
-    In float32, fewer than ``SMALL_PRODUCT_ROWS`` rows go to scipy's Fortran ``gemm`` (never
-    ``gemv``; it keeps the GIL, but only briefly at that size) and more to ``numpy.matmul`` (CBLAS
-    ``gemm``, faster for many rows, and it lets the event loop run meanwhile); both reach the same
-    kernels. In float64 OpenBLAS's CBLAS and Fortran paths differ for some shapes, so every product
-    goes to scipy's. ``gemm_plan`` checks that every row count gives every row the same bits.
-    """
-
-    def __init__(self, w: np.ndarray):
-        self.c = np.ascontiguousarray(w)  # (K, M) for numpy
-        self.f = np.asfortranarray(w)  # (K, M) for scipy
-        self.gemm = _gemm_for(w.dtype)
-        self.shape, self.dtype = w.shape, w.dtype
-        self.small = SMALL_PRODUCT_ROWS if w.dtype == np.float32 else 1 << 62
-
-    def __call__(self, a: np.ndarray) -> np.ndarray:
-        if a.shape[0] < self.small:  # C-ordered result: every caller gets rows laid out alike
-            return np.ascontiguousarray(self.gemm(1.0, np.asfortranarray(a), self.f))
-        return np.matmul(np.ascontiguousarray(a), self.c)
-
-
-_PLANS: dict[tuple, tuple[int, int]] = {}
-MAX_GEMM_ROWS = 256  # longer products are cut into 256-row pieces
-# Row counts compared, likely failures first: tails of 8-row micro-kernels, the small-matrix cut-off
-# (small row counts), the 192-row blocking of some kernels, and every count up to 40.
-_PROBE_ROWS = tuple(dict.fromkeys(
-    (1, 2, 3, 5, 7, 9, 193, 195, 197, 199, 200, 208, 256, 255, 129, 128, 127, 96, 65, 64, 63, *range(1, 41))))
-
-
-def gemm_plan(product: _Product) -> tuple[int, int]:
-    """``(min_rows, block)``: pad a product's rows up to a multiple of ``block``, and to at least
-    ``min_rows``, so that every row gets the arithmetic it gets in any other product.
-
-    BLAS kernels are not row-invariant in general: OpenBLAS sends ``M * N * K`` below about 1e6 to
-    "small matrix" kernels that sum in another order, and some double-precision kernels treat the
-    last ``M mod 8`` rows differently. Within full micro-kernel tiles every row gets the same
-    arithmetic. The plan is measured once per (dtype, shape) on the BLAS in use: random rows
-    multiplied in each probed row count (padded by the plan) must equal, bitwise, the same rows
-    inside a 256-row product; the smallest padding that passes wins.
-    """
-    key = (product.dtype.str, product.shape)
-    if key in _PLANS:
-        return _PLANS[key]
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((MAX_GEMM_ROWS, product.shape[0])).astype(product.dtype)
-    ref = product(a)
-
-    def passes(min_rows: int, block: int) -> bool:
-        for r in _PROBE_ROWS:
-            rows = max(min_rows, -(-r // block) * block)
-            padded = np.zeros((rows, a.shape[1]), dtype=a.dtype)
-            padded[:r] = a[:r]
-            if not np.array_equal(product(padded)[:r], ref[:r]):
-                return False
-        return True
-
-    plan = (MAX_GEMM_ROWS, 16)  # nothing smaller passes: every product gets 256 rows
-    for block in (1, 2, 4, 8, 16):
-        found = next((m for m in (1, 2, 4, 8, 16, 32, 64) if m % block == 0 and passes(m, block)), None)
-        if found is not None:
-            plan = (found, block)
-            break
-    _PLANS[key] = plan
-    return plan
-
-
 def _fingerprint(params: dict) -> tuple:
     """Identity of a model's parameters: the arrays and a sparse sample of their values (an in-place
     edit of a parameter changes the sample, in practice)."""
-    return tuple((k, id(v), v.ctypes.data, v.reshape(-1)[::997].tobytes()) for k, v in sorted(params.items()))
+    return tuple((k, id(v), v.ctypes.data, v.reshape(-1)[::9973].tobytes()) for k, v in sorted(params.items()))
 
 
 def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
-    """The decoding layout of the weights: ``word_terms = W_embed Wx + b`` (V, G), the input term of
-    every word, so a step multiplies by ``Wh`` only; the products by ``Wh`` (H, G), ``W_vocab`` (H, V)
-    and ``W_proj`` (D, H) (``_Product``); ``b_vocab``, ``b_proj``. Built once per model and dtype
-    (kept on the model) and rebuilt when its parameters change."""
+    """The decoding layout of the weights, built once per model and dtype (kept on the model) and
+    rebuilt when its parameters change:
+
+    - ``word_terms = W_embed Wx + b`` (V, G): a word's input term depends on the word only, so a
+      step looks it up instead of multiplying;
+    - ``out``: the product by ``[W_vocab | Wh]`` (H, V + G): one product of the new hidden state
+      gives both this step's scores and the next step's recurrent term (``products``);
+    - ``proj``: the product by ``W_proj`` (D, H); and ``b_vocab``, ``b_proj``.
+    """
     cache = model.__dict__.setdefault("_decode_weights", {})
     key = _fingerprint(model.params)
     hit = cache.get(dtype.str)
     if hit is not None and hit[0] == key:
         return hit[1]
     p = {k: np.asarray(v, dtype=dtype) for k, v in model.params.items()}
-    # A word's input term x Wx + b depends on the word only: one table row per word.
-    word_terms = _Product(p["Wx"])(p["W_embed"]) + p["b"]  # (V, G)
-    weights = (np.ascontiguousarray(word_terms), _Product(p["Wh"]), _Product(p["W_vocab"]), p["b_vocab"].copy(),
-               _Product(p["W_proj"]), p["b_proj"].copy())
+    word_terms = invariant_product(p["Wx"])(p["W_embed"]) + p["b"]  # (V, G)
+    out = invariant_product(np.concatenate([p["W_vocab"], p["Wh"]], axis=1))  # (H, V + G)
+    weights = (np.ascontiguousarray(word_terms), out, p["b_vocab"].copy(), invariant_product(p["W_proj"]),
+               p["b_proj"].copy())
     cache[dtype.str] = (key, weights)
     return weights
 
@@ -412,10 +334,10 @@ class BatchDecoder:
     ``add`` a request, call ``step`` until ``active`` is empty (requests may be added between
     steps), and collect each request's captions with ``pop_finished``.
 
-    Batch invariance in float32 (the default for float32 models) as in float64: every product goes
-    through the BLAS ``gemm`` kernels whatever the number of rows, padded where the BLAS would
-    switch kernels (``_Product``, ``gemm_plan``), the element-wise math is per element, and the
-    log-sum-exp of a row is a sum over that row only (C-ordered, no buffering). So a row's numbers never depend on which other
+    Batch invariance in float32 (the default for float32 models) as in float64: every product is
+    row-invariant (``products.invariant_product``: fixed small-kernel tiles, or padded ``gemm``,
+    whichever the BLAS in use passes), the element-wise math is per element, and the log-sum-exp of
+    a row is a sum over that row only (C-ordered, no buffering). So a row's numbers never depend on which other
     rows share its step: a caption decoded alone and inside any batch is bitwise the same
     (tests/test_captioning_decoding.py checks every strategy at many batch sizes and positions).
     Greedy rows are advanced all at once with array operations; beam and sampling requests pick
@@ -434,12 +356,12 @@ class BatchDecoder:
         self.dtype = dtype
         self.max_length_limit = max_length_limit
         self.lstm = model.cell_type == "lstm"
-        (self.word_terms, self.Wh, self.W_vocab, self.b_vocab, self.W_proj,
-         self.b_proj) = _decode_weights(model, dtype)
-        self._plans = {id(w): gemm_plan(w) for w in (self.Wh, self.W_vocab, self.W_proj)}
+        self.word_terms, self.out, self.b_vocab, self.proj, self.b_proj = _decode_weights(model, dtype)
         H, L = model.hidden_dim, max_length_limit
+        self.V = len(self.b_vocab)
         self.h = np.zeros((0, H), dtype=dtype)  # (R, H)
         self.c = np.zeros((0, H), dtype=dtype)  # (R, H), LSTM only
+        self.hWh = np.zeros((0, self.out.shape[1] - self.V), dtype=dtype)  # (R, G): h Wh, for the next step
         self.last = np.zeros(0, dtype=np.int64)  # (R,) last token of each row
         # Greedy rows' bookkeeping (unused for beam and sampling rows): tokens so far, the caption's
         # max_length, its tokens and log-probabilities, and whether it streams its tokens.
@@ -462,22 +384,6 @@ class BatchDecoder:
     def num_rows(self) -> int:
         self._flush()
         return len(self.last)
-
-    def _mm(self, a: np.ndarray, w: _Product) -> np.ndarray:
-        """(R, K) @ (K, M) -> (R, M); every row gets the same arithmetic whatever R (``gemm_plan``:
-        rows padded with zeros, products longer than 256 rows cut)."""
-        R = a.shape[0]
-        if R > MAX_GEMM_ROWS:
-            return np.concatenate([self._mm(a[i: i + MAX_GEMM_ROWS], w) for i in range(0, R, MAX_GEMM_ROWS)])
-        min_rows, block = self._plans[id(w)]
-        rows = max(min_rows, -(-R // block) * block)
-        if rows == R:
-            return w(a)
-        padded = np.zeros((rows, a.shape[1]), dtype=self.dtype)
-        padded[:R] = a
-        # A copy, not a view: numpy 2.4's in-place unary ufuncs (``np.negative(x, out=x)``) gave wrong
-        # values on a (1, N) view with a non-unit inner stride, the shape a padded F-ordered result has.
-        return np.ascontiguousarray(w(padded)[:R])
 
     def add(self, features: np.ndarray, options: DecodeOptions, *, events: bool = True) -> int:
         """Start decoding one request; returns its handle.
@@ -509,9 +415,11 @@ class BatchDecoder:
         counts = [s.rows for s, _, _ in pending]
         n = sum(counts)
         H, L = self.h.shape[1], self.max_length_limit
-        h0 = self._mm(np.stack([x for _, x, _ in pending]), self.W_proj) + self.b_proj  # (requests, H)
+        h0 = self.proj(np.stack([x for _, x, _ in pending])) + self.b_proj  # (requests, H)
+        hWh0 = self.out(h0)[:, self.V:]  # (requests, G): the same product as every later step's
         h = np.repeat(h0, counts, axis=0)  # (n, H)
         self.h = np.concatenate([self.h, h])
+        self.hWh = np.concatenate([self.hWh, np.repeat(hWh0, counts, axis=0)])
         self.c = np.concatenate([self.c, np.zeros((n, H), dtype=self.dtype)])
         self.last = np.concatenate([self.last, np.full(n, self.model.start_idx, dtype=np.int64)])
         self.pos = np.concatenate([self.pos, np.zeros(n, dtype=np.int64)])
@@ -525,16 +433,16 @@ class BatchDecoder:
             self.searches.append(search)
             self._others += not isinstance(search, _Greedy)
 
-    def _take(self, idx: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-        self.h, self.c = h[idx], c[idx]  # (R', H)
+    def _take(self, idx: np.ndarray, h: np.ndarray, c: np.ndarray, hWh: np.ndarray) -> None:
+        self.h, self.c, self.hWh = h[idx], c[idx], hWh[idx]  # (R', H), (R', H), (R', G)
         self.pos, self.limit, self.emit = self.pos[idx], self.limit[idx], self.emit[idx]
         self.tok_hist, self.lp_hist = self.tok_hist[idx], self.lp_hist[idx]
 
     def _forward(self):
-        """One recurrent step of every row: new h, c (R, H) and vocabulary scores (R, V), C-ordered."""
+        """One recurrent step of every row: new h, c (R, H), vocabulary scores (R, V) and the next
+        step's h Wh (R, G), C-ordered."""
         H = self.h.shape[1]
-        a = self._mm(self.h, self.Wh)  # (R, G)
-        a += self.word_terms[self.last]  # + x Wx + b
+        a = self.hWh + self.word_terms[self.last]  # (R, G): h Wh + x Wx + b
         if self.lstm:
             L.sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
             np.tanh(a[:, 3 * H:], out=a[:, 3 * H:])
@@ -545,9 +453,10 @@ class BatchDecoder:
         else:
             h = np.tanh(a)
             c = self.c
-        scores = np.ascontiguousarray(self._mm(h, self.W_vocab))  # (R, V): rows contiguous
+        both = self.out(h)  # (R, V + G)
+        scores = np.ascontiguousarray(both[:, : self.V])  # rows contiguous, as _lse assumes
         scores += self.b_vocab
-        return h, c, scores
+        return h, c, scores, both[:, self.V:]
 
     @staticmethod
     def _lse(scores: np.ndarray) -> np.ndarray:
@@ -561,7 +470,7 @@ class BatchDecoder:
         self._flush()
         if not self.searches:
             return []
-        h, c, scores = self._forward()
+        h, c, scores, hWh = self._forward()
         R = len(self.last)
         rows = np.arange(R)
         lse = self._lse(scores)  # (R,)
@@ -580,10 +489,10 @@ class BatchDecoder:
                 keep = ~done
                 self.searches = [s for s, k in zip(self.searches, keep.tolist(), strict=True) if k]
                 idx = np.flatnonzero(keep)
-                self._take(idx, h, c)
+                self._take(idx, h, c, hWh)
                 self.last = tok[idx]
             else:
-                self.h, self.c, self.last = h, c, tok
+                self.h, self.c, self.hWh, self.last = h, c, hWh, tok
             return events
 
         parents, tokens, kept = [], [], []
@@ -611,7 +520,7 @@ class BatchDecoder:
         self.searches = kept
         self._others = sum(not isinstance(s, _Greedy) for s in kept)
         idx = np.asarray(parents, dtype=np.int64)
-        self._take(idx, h, c)
+        self._take(idx, h, c, hWh)
         self.last = np.asarray(tokens, dtype=np.int64)
         return events
 
@@ -649,7 +558,7 @@ class BatchDecoder:
                 del self.searches[i]
                 self._others -= not isinstance(search, _Greedy)
                 idx = np.flatnonzero(keep)
-                self._take(idx, self.h, self.c)
+                self._take(idx, self.h, self.c, self.hWh)
                 self.last = self.last[idx]
                 return
             offset += search.rows
