@@ -10,7 +10,7 @@ from pixelrpc.models.captioning.captioning_rnn import (
     load_from_registry,
     save_to_registry,
 )
-from pixelrpc.models.errors import InvalidInput, ModelCorrupt
+from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt
 from pixelrpc.models.gradcheck import numerical_gradient, rel_error_norm
 from pixelrpc.models.registry import ModelCache, Registry
 
@@ -45,9 +45,8 @@ def test_unknown_cell_type_is_refused():
     ("lstm", (-0.5, 1.7), 9.82445935443),
 ])
 def test_loss_matches_the_assignment_known_values(cell_type, feature_range, expected):
-    # The assignment's vocabulary {'<NULL>': 0, 'cat': 2, 'dog': 3} has V = 3 and no <START>/<END>:
-    # the loss must still compute. Only indices 0..2 occur, so a dense relabelling is equivalent.
-    model = linspace_model(cell_type, {"<NULL>": 0, "cat": 1, "dog": 2})
+    # The assignment's own vocabulary: V = len(word_to_idx) = 3, indices not 0 .. V-1, no <START>/<END>.
+    model = linspace_model(cell_type, {"<NULL>": 0, "cat": 2, "dog": 3})
     N, T = 10, 13
     features = np.linspace(*feature_range, num=N * 20).reshape(N, 20)
     captions = (np.arange(N * T) % 3).reshape(N, T)
@@ -146,3 +145,64 @@ def test_registry_refuses_inconsistent_models(tmp_path):
         load_from_registry(bad, lambda f: registry.read_file(bad, f))
     with pytest.raises(InvalidInput, match="feature-extraction"):
         save_to_registry(model, registry, "m", encoder=manifest)  # a captioner is not an encoder
+
+
+SPARSE = {"<NULL>": 0, "<START>": 1, "cat": 3, "<END>": 4, "dog": 9}  # V = 5: index 2 a hole, dog beyond
+
+
+def test_sparse_vocabulary_is_accepted_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="pixelrpc.models.captioning.captioning_rnn"):
+        model = CaptioningRNN(SPARSE, input_dim=4, wordvec_dim=5, hidden_dim=6, seed=7)
+    assert "sparse vocabulary" in caplog.text and "'dog' (9)" in caplog.text and "[2]" in caplog.text
+    assert model.vocab_size == 5 and model.params["W_embed"].shape == (5, 5)
+    assert model.idx_to_word == ["<NULL>", "<START>", "<#2>", "cat", "<END>"] and model.is_sparse
+    # decode_ids: words by index, also beyond V-1; holes by their name; stops at <END>.
+    assert model.decode_ids([1, 3, 2, 9, 0, 4, 3]) == "cat <#2> dog"
+    with pytest.raises(InvalidInput, match="index 7"):
+        model.decode_ids([3, 7])
+    with pytest.raises(InvalidInput, match="index -1"):
+        model.decode_ids([-1])
+    with pytest.raises(InvalidInput, match="caption index 9"):  # the model cannot read 'dog'
+        model.loss(np.ones((1, 4)), np.array([[1, 9, 4]]))
+    assert model.sample(np.ones((2, 4)), max_length=4).shape == (2, 4)  # <START>, <END> below V: decodes
+    dense = CaptioningRNN({"<NULL>": 0, "<START>": 1, "<END>": 2}, input_dim=4, wordvec_dim=5, hidden_dim=6)
+    assert not dense.is_sparse and "word_to_idx" not in dense.config()
+
+
+def test_sparse_vocabulary_round_trips_through_the_registry(tmp_path):
+    registry = Registry(tmp_path)
+    model = CaptioningRNN(SPARSE, input_dim=4, wordvec_dim=5, hidden_dim=6, cell_type="lstm", seed=8)
+    manifest = save_to_registry(model, registry, "sparse")
+    assert manifest.metadata["word_to_idx"] == SPARSE and manifest.metadata["vocab_size"] == 5
+    loaded = ModelCache(registry).get("sparse").model
+    assert loaded.word_to_idx == SPARSE and loaded.idx_to_word == model.idx_to_word
+    assert loaded.config() == model.config() and loaded.decode_ids([9, 3]) == "dog cat"
+    features = np.random.default_rng(2).standard_normal((2, 4))
+    np.testing.assert_array_equal(loaded.sample(features, 5), model.sample(features, 5))
+    meta = dict(manifest.metadata, word_to_idx={**SPARSE, "extra": 11})  # V = 6: disagrees with the weights
+    bad = registry.publish("sparse", {"params.safetensors": registry.read_file(manifest, "params.safetensors")},
+                           tasks=["captioning"], framework="numpy", metadata=meta)
+    with pytest.raises(ModelCorrupt, match="disagree"):
+        load_from_registry(bad, lambda f: registry.read_file(bad, f))
+
+
+def test_decoding_needs_start_and_end_below_v():
+    far = {"<NULL>": 0, "cat": 1, "<START>": 5, "<END>": 2}  # V = 4: <START> cannot be embedded
+    model = CaptioningRNN(far, input_dim=4, wordvec_dim=5, hidden_dim=6, seed=9)
+    assert model.start_idx is None and model.end_idx == 2
+    with pytest.raises(FailedPrecondition, match="<START> has index 5, beyond the V-1 = 3"):
+        model.sample(np.ones((1, 4)))
+    loss, _ = model.loss(np.ones((1, 4)), np.array([[1, 3, 2]]))  # the loss does not need them
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize(("vocab", "message"), [
+    ({"<NULL>": 0, "cat": 0}, "both '<NULL>' and 'cat' to index 0"),
+    ({"<NULL>": 0, "cat": -1}, "non-negative integer"),
+    ({"<NULL>": 0, "cat": 1.0}, "non-negative integer"),
+    ({"cat": 0}, "<NULL> padding token"),
+    ({}, "non-empty"),
+])
+def test_vocabularies_that_cannot_work_are_refused(vocab, message):
+    with pytest.raises(ValueError, match=message):
+        CaptioningRNN(vocab)

@@ -11,20 +11,79 @@ Dimension letters:
 - D: image feature dimension (``input_dim``)
 - W: word vector dimension (``wordvec_dim``)
 - H: hidden state size (``hidden_dim``)
-- V: vocabulary size
+- V: vocabulary size, ``len(word_to_idx)`` as the assignment computes it
+
+Sparse vocabularies. The assignment's own checks use ``{'<NULL>': 0, 'cat': 2, 'dog': 3}``: V = 3
+words, but the indices are not 0 .. V-1. The model is built exactly as the assignment builds it: V
+rows of ``W_embed``, V scores, so it reads and predicts the indices 0 .. V-1 and nothing else. An
+index in 0 .. V-1 that no word maps to (1 above) is a *hole*: it has an embedding and a score like
+any other and is named ``<#i>`` (``hole_name``) in ``idx_to_word``. A word whose index is V or more
+('dog' above) is *out of range*: the model can neither read nor predict it; it stays in
+``word_to_idx`` (and in the registry manifest) and ``decode_ids`` still names it. Such a vocabulary
+is accepted with one warning (logger ``pixelrpc.models.captioning.captioning_rnn``); only a
+``<START>``/``<END>`` out of range makes the model unable to decode (``start_idx``/``end_idx`` are
+then None and sampling raises FailedPrecondition).
 """
 
 from __future__ import annotations
 
+import logging
+import numbers
+
 import numpy as np
 
 from pixelrpc.models.captioning import rnn_layers as L
-from pixelrpc.models.errors import InvalidInput, ModelCorrupt
+from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt
 
 CELL_TYPES = ("rnn", "lstm")
 ARCHITECTURE = "captioning-rnn"
 PARAMS_FILE = "params.safetensors"
 NULL, START, END = "<NULL>", "<START>", "<END>"
+
+log = logging.getLogger(__name__)
+
+
+def hole_name(idx: int) -> str:
+    """The name ``idx_to_word`` gives an index of 0 .. V-1 that no word of a sparse vocabulary maps to."""
+    return f"<#{idx}>"
+
+
+def check_vocabulary(word_to_idx) -> dict[str, int]:
+    """A copy of ``word_to_idx`` as ``{str: int}``, or ValueError naming what is wrong.
+
+    Refused: an empty vocabulary, a non-string word, an index that is not a non-negative integer, two
+    words sharing an index, no ``<NULL>``. Accepted with a warning: indices other than 0 .. V-1 (a
+    sparse vocabulary, see the module docstring).
+    """
+    if not hasattr(word_to_idx, "items") or len(word_to_idx) == 0:
+        raise ValueError("word_to_idx must be a non-empty mapping from words to indices")
+    vocab: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for word, idx in word_to_idx.items():
+        if not isinstance(word, str):
+            raise ValueError(f"word_to_idx keys must be strings, got {word!r}")
+        if isinstance(idx, bool) or not isinstance(idx, numbers.Integral) or idx < 0:
+            raise ValueError(f"word_to_idx[{word!r}] must be a non-negative integer index, got {idx!r}")
+        if int(idx) in owner:
+            raise ValueError(f"word_to_idx maps both {owner[int(idx)]!r} and {word!r} to index {int(idx)}")
+        owner[int(idx)] = word
+        vocab[word] = int(idx)
+    if NULL not in vocab:
+        raise ValueError(f"the vocabulary needs a {NULL} padding token")
+    V = len(vocab)
+    holes = [i for i in range(V) if i not in owner]
+    beyond = sorted((i, w) for i, w in owner.items() if i >= V)
+    if holes or beyond:
+        parts = []
+        if holes:
+            parts.append(f"no word has the indices {holes[:10]}{' ...' if len(holes) > 10 else ''} (they "
+                         f"get scores and embeddings like any word, named {hole_name(holes[0])} etc.)")
+        if beyond:
+            named = ", ".join(f"{w!r} ({i})" for i, w in beyond[:10])
+            parts.append(f"{named}{' ...' if len(beyond) > 10 else ''} lie beyond V-1 = {V - 1}: the model "
+                         "can neither read nor predict them")
+        log.warning("sparse vocabulary of V = %d words: %s", V, "; ".join(parts))
+    return vocab
 
 
 class CaptioningRNN:
@@ -39,9 +98,10 @@ class CaptioningRNN:
                  hidden_dim: int = 128, cell_type: str = "rnn", dtype=np.float32, *,
                  seed: int | None = None):
         """Inputs:
-        - word_to_idx: vocabulary, V entries mapping each word to a distinct index in [0, V).
-          ``<NULL>`` (padding), ``<START>`` and ``<END>`` are looked up here; ``<NULL>`` is needed to
-          compute the loss, ``<START>``/``<END>`` only to decode.
+        - word_to_idx: vocabulary, V = len(word_to_idx) words, each with its own non-negative index;
+          normally exactly 0 .. V-1, but a sparse vocabulary is accepted with a warning (see the
+          module docstring). ``<NULL>`` (padding), ``<START>`` and ``<END>`` are looked up here;
+          ``<NULL>`` is needed to compute the loss, ``<START>``/``<END>`` only to decode.
         - input_dim: D; wordvec_dim: W; hidden_dim: H.
         - cell_type: ``"rnn"`` or ``"lstm"``.
         - dtype: dtype of the parameters and of the computation (float64 for gradient checks).
@@ -49,17 +109,20 @@ class CaptioningRNN:
         """
         if cell_type not in CELL_TYPES:
             raise ValueError(f"invalid cell_type {cell_type!r}: expected one of {', '.join(CELL_TYPES)}")
-        indices = sorted(word_to_idx.values())
-        if indices != list(range(len(indices))):
-            raise ValueError("word_to_idx must map its V words to the distinct indices 0 .. V-1")
-        if NULL not in word_to_idx:
-            raise ValueError(f"the vocabulary needs a {NULL} padding token")
+        word_to_idx = check_vocabulary(word_to_idx)
         self.cell_type = cell_type
         self.dtype = np.dtype(dtype)
-        self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word = [""] * len(word_to_idx)
+        self.word_to_idx = word_to_idx
+        V = len(word_to_idx)
+        # The V words the model reads and predicts, by index; holes of a sparse vocabulary get a name
+        # that no word of the vocabulary has.
+        self.idx_to_word = [hole_name(i) for i in range(V)]
+        self._out_of_range: dict[int, str] = {}  # index >= V -> word, for decode_ids
         for word, idx in word_to_idx.items():
-            self.idx_to_word[idx] = word
+            if idx < V:
+                self.idx_to_word[idx] = word
+            else:
+                self._out_of_range[idx] = word
         self.input_dim, self.wordvec_dim, self.hidden_dim = int(input_dim), int(wordvec_dim), int(hidden_dim)
         self._null = word_to_idx[NULL]
         self._start = word_to_idx.get(START)
@@ -91,11 +154,33 @@ class CaptioningRNN:
 
     @property
     def start_idx(self) -> int | None:
-        return self._start
+        """Index of ``<START>``, or None when the vocabulary lacks it or it lies beyond V-1."""
+        return self._start if self._start is not None and self._start < self.vocab_size else None
 
     @property
     def end_idx(self) -> int | None:
-        return self._end
+        """Index of ``<END>``, or None when the vocabulary lacks it or it lies beyond V-1."""
+        return self._end if self._end is not None and self._end < self.vocab_size else None
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether the vocabulary's indices are anything but exactly 0 .. V-1."""
+        return bool(self._out_of_range)  # with V words, an index beyond V-1 exists iff a hole does
+
+    def check_decodable(self) -> None:
+        """Raise FailedPrecondition unless this model can decode (its ``<START>`` and ``<END>`` are
+        among the V indices it reads and predicts)."""
+        problems = []
+        for token, idx in ((START, self._start), (END, self._end)):
+            if idx is None:
+                problems.append(f"its vocabulary has no {token}")
+            elif idx >= self.vocab_size:
+                problems.append(f"{token} has index {idx}, beyond the V-1 = {self.vocab_size - 1} it can predict")
+        if problems:
+            raise FailedPrecondition(
+                f"this captioner cannot sample captions: {'; '.join(problems)}. Its loss still works; to "
+                f"decode, give the vocabulary {START} and {END} among the indices 0 .. V-1 and train it "
+                "on captions that include both tokens")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of every parameter for this model's dimensions and cell type."""
@@ -118,6 +203,10 @@ class CaptioningRNN:
         p = self.params  # read on every call: a solver may replace the arrays
         features = np.asarray(features, dtype=self.dtype)
         captions = np.asarray(captions)
+        if captions.size and (captions.min() < 0 or captions.max() >= self.vocab_size):
+            bad = int(captions.max()) if captions.max() >= self.vocab_size else int(captions.min())
+            raise InvalidInput(f"caption index {bad} is outside the indices 0 .. {self.vocab_size - 1} this "
+                               f"captioner reads (V = {self.vocab_size})", field="captions")
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T), (N, T)
         mask = captions_out != self._null  # (N, T)
 
@@ -149,6 +238,7 @@ class CaptioningRNN:
         """
         from pixelrpc.models.captioning.decoding import DecodeOptions, decode_batch
 
+        self.check_decodable()
         features = np.asarray(features)
         options = DecodeOptions(strategy="greedy", max_length=max_length)
         results = decode_batch(self, features, [options] * len(features))
@@ -159,20 +249,38 @@ class CaptioningRNN:
         return out
 
     def decode_ids(self, ids) -> str:
-        """Words of a sequence of indices up to ``<END>``, without ``<START>``/``<NULL>``."""
+        """Words of a sequence of indices up to ``<END>``, without ``<START>``/``<NULL>``.
+
+        Every index of the vocabulary decodes to its word, also one beyond V-1 that the model itself
+        never produces; a hole of a sparse vocabulary (an index below V without a word) to its
+        ``<#i>`` name. Any other index (negative, or beyond V-1 with no word) is an InvalidInput.
+        """
         words = []
         for idx in ids:
-            word = self.idx_to_word[int(idx)]
+            word = self.word_of(int(idx))
             if word == END:
                 break
             if word not in (NULL, START):
                 words.append(word)
         return " ".join(words)
 
+    def word_of(self, idx: int) -> str:
+        """The word of one index, as ``decode_ids`` names it."""
+        if 0 <= idx < self.vocab_size:
+            return self.idx_to_word[idx]
+        if idx in self._out_of_range:
+            return self._out_of_range[idx]
+        raise InvalidInput(f"word index {idx} is not in this captioner's vocabulary (V = {self.vocab_size}, "
+                           f"indices 0 .. {self.vocab_size - 1})", field="ids")
+
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
-        """The manifest metadata that rebuilds this model (everything but the weights)."""
-        return {
+        """The manifest metadata that rebuilds this model (everything but the weights).
+
+        A sparse vocabulary also stores ``word_to_idx`` (``idx_to_word`` alone, with its hole names,
+        cannot give back the words beyond V-1 or the holes).
+        """
+        config = {
             "architecture": ARCHITECTURE,
             "cell_type": self.cell_type,
             "input_dim": self.input_dim,
@@ -182,6 +290,9 @@ class CaptioningRNN:
             "dtype": self.dtype.name,
             "idx_to_word": list(self.idx_to_word),
         }
+        if self.is_sparse:
+            config["word_to_idx"] = dict(self.word_to_idx)
+        return config
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         """Replace every parameter; raises ValueError naming the first missing or misshapen one."""
@@ -238,9 +349,12 @@ def load_from_registry(manifest, read, device: str = "cpu") -> CaptioningRNN:
 
     meta = manifest.metadata
     try:
-        idx_to_word = list(meta["idx_to_word"])
+        if "word_to_idx" in meta:  # a sparse vocabulary
+            word_to_idx = dict(meta["word_to_idx"])
+        else:
+            word_to_idx = {w: i for i, w in enumerate(meta["idx_to_word"])}
         model = CaptioningRNN(
-            {w: i for i, w in enumerate(idx_to_word)},
+            word_to_idx,
             input_dim=int(meta["input_dim"]),
             wordvec_dim=int(meta["wordvec_dim"]),
             hidden_dim=int(meta["hidden_dim"]),
@@ -250,6 +364,10 @@ def load_from_registry(manifest, read, device: str = "cpu") -> CaptioningRNN:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelCorrupt(f"captioner {manifest.ref} has unusable metadata: {exc!r}") from exc
+    if (list(meta["idx_to_word"]) != model.idx_to_word
+            or int(meta.get("vocab_size", model.vocab_size)) != model.vocab_size):
+        raise ModelCorrupt(f"captioner {manifest.ref} has unusable metadata: its idx_to_word, vocab_size and "
+                           "word_to_idx disagree")
     params = numpy_from_bytes(read(PARAMS_FILE))
     try:
         model.set_params(params)
