@@ -239,6 +239,11 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
 
     async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
         plan = await self.plan(job, call, run)
+        batcher = self.batcher_for(plan.loaded)
+        if batcher is not None:  # the common path, without an async generator per request
+            finished = await batcher.decode(plan.features, plan.options, call.cancel)
+            call.compute_ms += finished.compute_ms
+            return self.result_pb(plan, finished, call)
         async for item in self.events(plan, call, want_tokens=False, run=run):
             if isinstance(item, Finished):
                 return self.result_pb(plan, item, call)

@@ -74,7 +74,8 @@ class _Request:
     options: DecodeOptions
     cancel: CancelToken
     want_tokens: bool
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue | None = None  # stream(): token events, then Finished or an error
+    future: asyncio.Future | None = None  # decode(): Finished or an error
     handle: int | None = None
     compute_s: float = 0.0  # duration of the decoding steps this request took part in
     gone: bool = False  # the caller stopped listening
@@ -109,15 +110,23 @@ class ModelBatcher:
     def idle(self) -> bool:
         return not self.pending and not self.active
 
-    async def stream(self, features: np.ndarray, options: DecodeOptions, cancel: CancelToken,
-                     want_tokens: bool = True) -> AsyncIterator[TokenEvent | Finished]:
-        """Decode one request with the others: TokenEvents (if wanted), then one ``Finished``."""
+    def _enqueue(self, request: _Request) -> None:
         if len(self.pending) >= self.policy.max_pending:
             raise Overloaded(f"captioning queue full: {len(self.pending)} requests wait for a batch slot "
                              f"(max_pending={self.policy.max_pending}); retry later")
-        request = _Request(np.asarray(features), options, cancel, want_tokens)
         self.pending.append(request)
         self._kick()
+
+    def _leave(self, request: _Request) -> None:
+        if not request.done:
+            request.gone = True
+            self._kick()
+
+    async def stream(self, features: np.ndarray, options: DecodeOptions, cancel: CancelToken,
+                     want_tokens: bool = True) -> AsyncIterator[TokenEvent | Finished]:
+        """Decode one request with the others: TokenEvents (if wanted), then one ``Finished``."""
+        request = _Request(np.asarray(features), options, cancel, want_tokens, queue=asyncio.Queue())
+        self._enqueue(request)
         try:
             while True:
                 item = await request.queue.get()
@@ -127,16 +136,18 @@ class ModelBatcher:
                 if isinstance(item, Finished):
                     return
         finally:
-            if not request.done:
-                request.gone = True
-                self._kick()
+            self._leave(request)
 
     async def decode(self, features: np.ndarray, options: DecodeOptions, cancel: CancelToken) -> Finished:
-        """Decode one request with the others; returns its captions."""
-        async for item in self.stream(features, options, cancel, want_tokens=False):
-            if isinstance(item, Finished):
-                return item
-        raise AssertionError("a decoding stream always ends with Finished")
+        """Decode one request with the others; returns its captions (one future, no token events:
+        the unary path, where per-request event-loop work is most of the cost)."""
+        request = _Request(np.asarray(features), options, cancel, False,
+                           future=asyncio.get_running_loop().create_future())
+        self._enqueue(request)
+        try:
+            return await request.future
+        finally:
+            self._leave(request)
 
     # ------------------------------------------------------------------ worker
     def _kick(self) -> None:
@@ -279,7 +290,7 @@ class ModelBatcher:
                     self._observe(outcome.batch)
         for event in outcome.events:
             request = self.active.get(event.request)
-            if request is not None and request.want_tokens and not request.gone:
+            if request is not None and request.want_tokens and not request.gone and request.queue is not None:
                 request.queue.put_nowait(event)
         for handle, captions in outcome.finished.items():
             request = self.active.pop(handle, None)
@@ -290,7 +301,13 @@ class ModelBatcher:
     @staticmethod
     def _finish(request: _Request, item) -> None:
         request.done = True
-        request.queue.put_nowait(item)
+        if request.queue is not None:
+            request.queue.put_nowait(item)
+        elif not request.future.done():
+            if isinstance(item, BaseException):
+                request.future.set_exception(item)
+            else:
+                request.future.set_result(item)
 
     def _fail_pending(self, exc: BaseException) -> None:
         while self.pending:
