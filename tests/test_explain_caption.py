@@ -120,6 +120,22 @@ def test_pixel_gradients_match_finite_differences_through_the_encoder():
     np.testing.assert_allclose(sal, grads.abs().amax(1).numpy(), rtol=1e-6)
 
 
+def test_an_encoder_without_vmap_rules_falls_back_to_a_batch_of_copies(monkeypatch):
+    encoder = SmoothEncoder(4, seed=2)
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    g = np.random.default_rng(1).standard_normal((3, 4))
+    batched = ex.pixel_gradients(encoder, x, g)
+    grad = torch.autograd.grad
+
+    def no_vmap(*args, is_grads_batched=False, **kw):
+        if is_grads_batched:
+            raise RuntimeError("Batching rule not implemented")
+        return grad(*args, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    np.testing.assert_allclose(ex.pixel_gradients(encoder, x, g).numpy(), batched.numpy(), rtol=1e-10)
+
+
 def test_generated_mode_explains_the_greedy_caption_and_chunks_do_not_change_the_maps():
     d = 4
     model, encoder = tiny_captioner("lstm", d, seed=8), SmoothEncoder(d, seed=3)

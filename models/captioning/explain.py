@@ -15,10 +15,11 @@ The gradient goes back in two halves:
    step k; ``temporal_affine_backward`` (on those T steps) -> ``lstm_backward`` / ``rnn_backward`` ->
    the projection's ``affine_backward`` give ``d log p(w_k) / d features`` for every k as one (T, D)
    matrix;
-2. through the torch image encoder, by autograd: one vector-Jacobian product of ``embed`` for a
-   batch of (copies of) the image, whose row k is driven by row k of that matrix
-   (``torch.autograd.grad`` with ``grad_outputs`` (T, D)), so all words of a chunk share one
-   backward pass (at most ``chunk_pixels`` working pixels per chunk bound its memory).
+2. through the torch image encoder, by autograd: one forward pass of the image and one backward
+   pass batched over the words (``torch.autograd.grad(..., is_grads_batched=True)`` with the (T, D)
+   matrix as ``grad_outputs``), so all words of a chunk share one backward (at most ``chunk_pixels``
+   working pixels per chunk bound its memory). Measured on the default models (96 px, one thread):
+   36 ms for 11 words, against 48 ms for a batch of 11 copies and about 90 ms for a backward per word.
 
 ``explain_steps`` is a generator (one ``ExplainedWord`` per word, then an ``ExplainedCaption``), so
 a service can stream the words and stop between chunks when its call is cancelled.
@@ -182,22 +183,31 @@ def encoder_features(encoder, x):
 def pixel_gradients(encoder, x, feature_grads: np.ndarray):
     """Vector-Jacobian products of the encoder: row k is ``feature_grads[k] . d embed(x) / d x``.
 
+    One forward pass of x and one backward pass batched over the K rows (``torch.autograd.grad``
+    with ``is_grads_batched``, vmap over the backward); an encoder whose backward has no batching rule
+    falls back to one forward and backward of a batch of K copies of x.
+
     Inputs:
     - encoder: has ``embed((N, 3, S, S)) -> (N, D)``.
     - x: one normalised image (1, 3, S, S) (its dtype and device are kept).
     - feature_grads: (K, D) gradients with respect to the features.
 
-    Returns a tensor (K, 3, S, S): one forward and one backward pass for a batch of K copies of x.
+    Returns a tensor (K, 3, S, S).
     """
     import torch
 
     k = int(feature_grads.shape[0])
-    xs = x.detach().expand(k, *x.shape[1:]).clone().requires_grad_(True)  # (K, 3, S, S)
     with torch.enable_grad():
-        feats = encoder.embed(xs)  # (K, D)
+        xs = x.detach().clone().requires_grad_(True)  # (1, 3, S, S)
+        feats = encoder.embed(xs)  # (1, D)
         g = torch.from_numpy(np.ascontiguousarray(feature_grads)).to(dtype=feats.dtype, device=feats.device)
-        (grad,) = torch.autograd.grad(feats, xs, grad_outputs=g)
-    return grad  # (K, 3, S, S)
+        try:
+            (grad,) = torch.autograd.grad(feats, xs, grad_outputs=g[:, None, :], is_grads_batched=True)
+            return grad[:, 0]  # (K, 3, S, S)
+        except (RuntimeError, NotImplementedError):  # no vmap rule for some op of this encoder
+            xs = x.detach().expand(k, *x.shape[1:]).clone().requires_grad_(True)  # (K, 3, S, S)
+            (grad,) = torch.autograd.grad(encoder.embed(xs), xs, grad_outputs=g)
+            return grad
 
 
 def saliency_of(grad) -> np.ndarray:
