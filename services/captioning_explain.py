@@ -53,6 +53,8 @@ async def explain_caption(servicer, request: pb.ExplainCaptionRequest, call: Cal
                                     field="model", call=call)
     call.model = loaded.manifest.ref
     captioner = loaded.model
+    if not hasattr(captioner, "word_to_idx") or not hasattr(captioner, "params"):
+        raise FailedPrecondition(f"model {loaded.manifest.ref} is not a CaptioningRNN: only those are explained")
     tokens = tokenize(captioner, request.caption, max_length=max_length) if request.caption else None
     if not loaded.manifest.metadata.get("encoder"):
         raise FailedPrecondition(

@@ -61,6 +61,9 @@ def caption_command(inputs, model, beam_width, length_penalty, sample, temperatu
     explained word by word: a saliency map per word (ExplainCaption), written as NN-WORD.png overlays.
     """
     if explain:
+        if sample or beam_width is not None or num_captions or stream or temperature is not None or seed is not None:
+            raise CliError("--explain explains the greedy caption (or --caption's): --beam, --sample, "
+                           "--temperature, --seed, -n and --stream do not apply")
         _explain(inputs, model=model, caption=forced, max_length=max_length, out_dir=out_dir, timeout=timeout,
                  addr=addr, as_json=as_json)
         return
