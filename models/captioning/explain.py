@@ -240,23 +240,27 @@ def explain_steps(captioner: CaptioningRNN, encoder, x, *, caption: str | Sequen
         raise FailedPrecondition(f"the encoder gives {features.shape[-1]} features but the captioner takes "
                                  f"{captioner.input_dim}: it was not trained on this encoder")
     check_features(captioner, features, field="image")
-    teacher_forced = caption is not None
+    teacher_forced, cut = caption is not None, False
     if caption is None:
         _needs_start(captioner)
         if captioner.end_idx is None:
             raise FailedPrecondition("this captioner's vocabulary has no <END> token, so it cannot caption")
         best = decode(captioner, features, strategy="greedy", max_length=max_length, dtype=dtype)[0]
         tokens = [t for t in best.tokens if t != captioner.end_idx]
+        cut = not best.finished
     elif isinstance(caption, str):
         tokens = tokenize(captioner, caption, max_length=max_length)
     else:
         tokens = [int(t) for t in caption]
+        if not tokens or not all(0 <= t < captioner.vocab_size for t in tokens):
+            raise InvalidInput(f"caption must be 1 or more word indices in [0, {captioner.vocab_size})",
+                               field="caption")
     words = tuple(captioner.idx_to_word[t] for t in tokens)
     if not tokens:  # the captioner ended at once: nothing to explain
-        yield ExplainedCaption((), (), (), None, teacher_forced)
+        yield ExplainedCaption((), (), (), float(best.logprobs[0]), teacher_forced)
         return
     log_probs, grads, end_log_prob = word_feature_gradients(captioner, features, tokens, dtype=dtype)
-    if not teacher_forced and len(tokens) == max_length:  # cut before <END>
+    if cut:  # max_length cut the caption before <END>
         end_log_prob = None
     side = int(x.shape[-1]) * int(x.shape[-2])
     per_chunk = max(1, int(chunk_pixels or CHUNK_PIXELS) // max(1, side))
