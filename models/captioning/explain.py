@@ -109,10 +109,11 @@ def tokenize(model: CaptioningRNN, caption: str, *, max_length: int, field: str 
     if len(words) > max_length:
         raise InvalidInput(f"{field} has {len(words)} words, over max_length {max_length}", field=field)
     vocab = model.word_to_idx
-    unknown = sorted({w for w in words if w not in vocab or w in SPECIAL})
+    # A word of a sparse vocabulary whose index is V or more is one the model can neither read nor predict.
+    unknown = sorted({w for w in words if w not in vocab or w in SPECIAL or vocab[w] >= model.vocab_size})
     if unknown:
         shown = ", ".join(repr(clip(w, 40)) for w in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        known = [w for w in model.idx_to_word if w not in SPECIAL]
+        known = [w for w in model.idx_to_word if not w.startswith("<")]
         raise InvalidInput(
             f"{field} has {len(unknown)} word(s) outside the captioner's vocabulary: {shown}; it knows "
             f"{len(known)} words (e.g. {', '.join(known[:8])})", field=field)
