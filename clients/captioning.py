@@ -6,6 +6,8 @@ or a path to a ``.npy`` file). ``stream_caption`` yields ``TokenUpdate`` objects
 many inputs over one ``CaptionStream`` and yields ``(index, CaptionOutput | RpcError)`` as each
 answer arrives, with at most ``window`` inputs in flight (sent and not yet answered): inputs are
 read (files opened) only as the window allows, and the server is never sent more than it can take.
+``explain`` returns an ``Explanation`` of an image's caption: every word with its saliency map (a
+float32 array at the resolution of the image sent); ``explain_stream`` yields the words as they come.
 """
 
 from __future__ import annotations
@@ -101,6 +103,76 @@ class TokenUpdate:
     caption_index: int
     position: int
     token: CaptionToken
+
+
+@dataclass(frozen=True)
+class WordExplanation:
+    """One explained word: ``saliency`` float32 (H, W) at the image's resolution; ``peak`` its (x, y)
+    maximum; ``overlay`` PNG bytes of the map over the encoder's input when asked for, else None."""
+
+    position: int
+    word: str
+    token_id: int
+    log_prob: float
+    saliency: np.ndarray
+    peak: tuple[int, int]
+    overlay: bytes | None = None
+
+    @classmethod
+    def from_pb(cls, w: pb.WordSaliency) -> WordExplanation:
+        t = w.saliency
+        smap = np.frombuffer(t.data, dtype=np.dtype(t.dtype).newbyteorder("<")).reshape(tuple(t.shape))
+        return cls(w.position, w.token.word, w.token.id, w.token.logprob, smap.astype(np.float32),
+                   (w.peak_x, w.peak_y), w.overlay.data if w.HasField("overlay") else None)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An explained caption: ``caption`` (str) and ``words`` (``WordExplanation``, in order)."""
+
+    caption: str
+    words: tuple[WordExplanation, ...]
+    log_prob: float
+    finished: bool
+    teacher_forced: bool
+    size: tuple[int, int]  # (width, height) of the image, and of every map
+    input_size: int  # the encoder's working side
+    encoder: str
+    meta: common_pb2.ResponseMeta
+
+    def to_json(self) -> dict:
+        return {"caption": self.caption, "logprob": self.log_prob, "finished": self.finished,
+                "teacher_forced": self.teacher_forced, "width": self.size[0], "height": self.size[1],
+                "input_size": self.input_size, "encoder": self.encoder,
+                "model": f"{self.meta.model_name}:{self.meta.model_version}", "request_id": self.meta.request_id,
+                "words": [{"position": w.position, "word": w.word, "logprob": w.log_prob,
+                           "peak": {"x": w.peak[0], "y": w.peak[1]}, "peak_value": float(w.saliency.max())}
+                          for w in self.words]}
+
+
+def explain_request(image, caption: str | None, model: str | None, max_length: int,
+                    overlays: bool) -> pb.ExplainCaptionRequest:
+    name, _, version = (model or "").partition(":")
+    return pb.ExplainCaptionRequest(model=common_pb2.ModelRef(name=name, version=int(version or 0)),
+                                    image=image_pb(image), caption=caption or "", max_length=max_length,
+                                    render_overlays=overlays)
+
+
+class _Explaining:
+    """Folds an ExplainCaption stream: ``event(msg)`` gives a WordExplanation or the Explanation."""
+
+    def __init__(self):
+        self.words: list[WordExplanation] = []
+
+    def event(self, msg: pb.ExplainCaptionResponse) -> WordExplanation | Explanation:
+        if msg.HasField("word"):
+            word = WordExplanation.from_pb(msg.word)
+            self.words.append(word)
+            return word
+        r = msg.result
+        encoder = f"{r.encoder.name}:{r.encoder.version}" if r.encoder.name else ""
+        return Explanation(r.text, tuple(self.words), r.logprob, r.finished, r.teacher_forced,
+                           (r.width, r.height), r.input_size, encoder, r.meta)
 
 
 def input_job(job: pb.CaptionJob, value: CaptionInput) -> None:
@@ -207,6 +279,24 @@ class CaptioningClient(ServiceClient):
             finished.set()
             call.cancel()
 
+    def explain_stream(self, image, caption: str | None = None, model: str | None = None, *, max_length: int = 0,
+                       overlays: bool = False, timeout: float | None = None, request_id: str | None = None,
+                       ) -> Iterator[WordExplanation | Explanation]:
+        """Yields a ``WordExplanation`` per word as the server computes it, then the ``Explanation``.
+        Closing the iterator cancels the call."""
+        fold = _Explaining()
+        request = explain_request(image, caption, model, max_length, overlays)
+        for msg in self.stream(self._stub.ExplainCaption, request, timeout=timeout, request_id=request_id):
+            yield fold.event(msg)
+
+    def explain(self, image, caption: str | None = None, model: str | None = None, **kw) -> Explanation:
+        """Explain ``image``'s caption (the captioner's own, or ``caption``, teacher-forced): a saliency
+        map per word at the image's resolution. ``max_length``, ``overlays`` (PNG per word), ``timeout``."""
+        for item in self.explain_stream(image, caption, model, **kw):
+            if isinstance(item, Explanation):
+                return item
+        raise errors.RpcError(grpc.StatusCode.INTERNAL, "the stream ended without its result")
+
 
 class AsyncCaptioningClient(AsyncServiceClient):
     """Asyncio client with the same methods as ``CaptioningClient``."""
@@ -248,3 +338,19 @@ class AsyncCaptioningClient(AsyncServiceClient):
             raise errors.from_grpc(exc) from None
         finally:
             call.cancel()
+
+    async def explain_stream(self, image, caption: str | None = None, model: str | None = None, *,
+                             max_length: int = 0, overlays: bool = False, timeout: float | None = None,
+                             request_id: str | None = None) -> AsyncIterator[WordExplanation | Explanation]:
+        """As ``CaptioningClient.explain_stream``."""
+        fold = _Explaining()
+        request = explain_request(image, caption, model, max_length, overlays)
+        async for msg in self.stream(self._stub.ExplainCaption, request, timeout=timeout, request_id=request_id):
+            yield fold.event(msg)
+
+    async def explain(self, image, caption: str | None = None, model: str | None = None, **kw) -> Explanation:
+        """As ``CaptioningClient.explain``."""
+        async for item in self.explain_stream(image, caption, model, **kw):
+            if isinstance(item, Explanation):
+                return item
+        raise errors.RpcError(grpc.StatusCode.INTERNAL, "the stream ended without its result")

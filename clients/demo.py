@@ -6,7 +6,8 @@ client library, and a gallery in ``demo-output/index.html``.
    trunk from ``../shared/data/cs231n/sqz_notop.mat`` when that file exists and the registry lacks it.
 2. Starts captioning, visualization and style with ``launcher.start_suite`` on 127.0.0.1.
 3. Captions 16 held-out scenes over one bidirectional ``CaptionStream`` (each caption printed beside
-   a reference as it arrives), classifies four scenes and draws their saliency, makes a fooling
+   a reference as it arrives), explains three captions word by word (``demo_explain``: a saliency
+   map under each word), classifies four scenes and draws their saliency, makes a fooling
    image, runs a class visualization with previews, and stylizes a scene after a generated texture
    (the style service picks its feature network by its documented rule and says which in
    ``ResponseMeta.model_choice``). With the shared data it also stylizes ``tubingen.jpg`` after
@@ -483,7 +484,8 @@ def _models_section(demo: Demo, registry, info: dict) -> None:
             metrics = (
                 f"BLEU-4 {held['bleu']['bleu4']:.3f} (best constant caption "
                 f"{held['constant_bleu']['bleu4']:.3f}: '{held['constant_caption']}')"
-            )
+            ) + (f"; explained words on their object {held['explain_saliency']['ratio']:.1f}x"
+                 if held.get("explain_saliency") else "")
         else:
             metrics = m.metadata.get("source", "")
         table.rows.append([m.ref, ", ".join(m.tasks), m.sha256[:12], metrics])
@@ -523,6 +525,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> int:
     from pixelrpc.clients.cli.bootstrap import default_threads
     from pixelrpc.clients.client import Client
+    from pixelrpc.clients.demo_explain import explain_scenes
     from pixelrpc.models.bootstrap import CLASSIFIER_NAME
     from pixelrpc.models.registry import Registry
 
@@ -560,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             _models_section(demo, registry, info)
             demo.captions()
+            explain_scenes(demo)
             demo.classify_and_saliency(CLASSIFIER_NAME)
             demo.fooling(CLASSIFIER_NAME)
             demo.class_visualization(CLASSIFIER_NAME)

@@ -27,6 +27,9 @@ th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td img { image-rendering: pixelated; }
 .ok { color: #137333; font-weight: 600; } .bad { color: #b3261e; font-weight: 600; }
+.strip { display: flex; flex-wrap: wrap; gap: 4px; }
+.strip figure { padding: 3px; text-align: center; }
+.strip figcaption { margin: 0 0 3px 0; font-weight: 600; }
 """
 
 
@@ -37,6 +40,13 @@ class Figure:
     src: str
     caption: str = ""
     width: int = 0
+
+
+@dataclass
+class Strip:
+    """Figures side by side in one table cell, each under its caption (e.g. a word over its map)."""
+
+    figures: list[Figure] = field(default_factory=list)
 
 
 @dataclass
@@ -68,6 +78,12 @@ class Gallery:
 
 
 def _cell(value) -> str:
+    if isinstance(value, Strip):
+        items = "".join(
+            f'<figure><figcaption>{html.escape(f.caption)}</figcaption><img src="{html.escape(f.src)}" '
+            f'alt="{html.escape(f.caption)}"' + (f' width="{f.width}"' if f.width else "") + "></figure>"
+            for f in value.figures)
+        return f'<td><div class="strip">{items}</div></td>'
     if isinstance(value, Figure):
         width = f' width="{value.width}"' if value.width else ""
         return f'<td><img src="{html.escape(value.src)}" alt="{html.escape(value.caption)}"{width}></td>'

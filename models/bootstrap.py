@@ -23,7 +23,8 @@
    an image projection started from a linear probe of the scene description and forget gates
    biased open;
 4. gates it: corpus BLEU-4 (Papineni et al., ACL 2002) of greedy captions on the held-out split
-   against the best single constant caption, then publishes it with its encoder pinned.
+   against the best single constant caption, and explain-a-caption's maps on the objects its words
+   name (``pixelrpc.models.captioning.explain_gate``), then publishes it with its encoder pinned.
 
 A model below its gate is not published (``GateFailed``). Both manifests record the training data,
 the seeds, the recipe and every held-out number beside its baseline.
@@ -136,7 +137,8 @@ class Gates:
 
     - accuracy >= max(min_accuracy, accuracy_over_majority * majority-class accuracy);
     - BLEU-4 >= max(min_bleu4, bleu4_over_constant * BLEU-4 of the best constant caption);
-    - mean saliency on the objects >= min_saliency_ratio * mean saliency elsewhere.
+    - mean saliency on the objects >= min_saliency_ratio * mean saliency elsewhere;
+    - a caption word's map on the one object it names >= min_explain_ratio * outside every object.
     """
 
     min_accuracy: float = 0.92
@@ -144,6 +146,7 @@ class Gates:
     min_bleu4: float = 0.5
     bleu4_over_constant: float = 2.0
     min_saliency_ratio: float = 3.0
+    min_explain_ratio: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Plan:
     gates: Gates
     held_out_scenes: int = 2000  # classifier accuracy
     saliency_scenes: int = 64
+    explain_scenes: int = 64  # held-out scenes of the explain-a-caption gate
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -188,9 +192,11 @@ QUICK = Plan(
         min_bleu4=0.0,
         bleu4_over_constant=1.1,
         min_saliency_ratio=1.5,
+        min_explain_ratio=1.5,
     ),
     held_out_scenes=400,
     saliency_scenes=32,
+    explain_scenes=32,
 )
 PLANS = {"full": FULL, "quick": QUICK}
 
@@ -815,6 +821,7 @@ class CaptionerReport:
     constant_bleu: dict[str, float]
     candidates: int  # distinct training captions tried as the constant
     examples: list[dict] = field(default_factory=list)  # a few {"caption", "references"}
+    explain_saliency: dict = field(default_factory=dict)  # explain_gate.ExplainGateReport.to_json()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -893,7 +900,9 @@ def captioner_gates(report: CaptionerReport, gates: Gates) -> list[GateCheck]:
             minimum=gates.min_bleu4,
             over_baseline=gates.bleu4_over_constant,
         )
-    ]
+    ] + ([gate(CAPTIONER_NAME, "explained words' saliency on the named object/outside objects",
+               report.explain_saliency["ratio"], 1.0, "uniform saliency", minimum=gates.min_explain_ratio,
+               over_baseline=0.0)] if report.explain_saliency else [])
 
 
 def evaluate_captioner_against_constant(
@@ -1230,6 +1239,11 @@ class Bootstrap:
             val_features = raw.split("val").features
             golden_rows = np.arange(min(GOLDEN_CANDIDATES, val_features.num_images))
             golden = captioner_golden(training.model, val_features.read(golden_rows), self.plan.seed)
+        from pixelrpc.models.captioning.explain_gate import explain_gate
+
+        explained = explain_gate(training.model, load_model(self.registry, classifier, "cpu"),
+                                 held_out_batch(plan.seed, plan.explain_scenes))
+        report = dataclasses.replace(report, explain_saliency=explained.to_json())
         self.report.captioner = report
         self.report.seconds["captioner_evaluation"] = round(time.perf_counter() - t0, 2)
         checks = captioner_gates(report, plan.gates)

@@ -349,6 +349,13 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                 task.cancel()
             lane.close()
 
+    @rpc
+    async def ExplainCaption(self, request: pb.ExplainCaptionRequest, call: Call):
+        from pixelrpc.services.captioning_explain import explain_caption  # its own module (imports this one)
+
+        async for message in explain_caption(self, request, call):
+            yield message
+
 
 def add_to_server(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     pb_grpc.add_CaptioningServiceServicer_to_server(CaptioningServicer(ctx), server)

@@ -276,7 +276,8 @@ def test_quick_bootstrap_publishes_both_models_with_their_records(quick_bootstra
 def test_quick_gates_beat_every_baseline(quick_bootstrap):
     report = quick_bootstrap.report
     by_metric = {c.metric: c for c in report.checks}
-    assert set(by_metric) == {"held-out accuracy", "saliency inside/outside objects", "held-out BLEU-4"}
+    explain = "explained words' saliency on the named object/outside objects"
+    assert set(by_metric) == {"held-out accuracy", "saliency inside/outside objects", "held-out BLEU-4", explain}
     for check in report.checks:
         assert check.passed, check.line()
         assert check.value > check.baseline, check.line()
@@ -288,6 +289,7 @@ def test_quick_gates_beat_every_baseline(quick_bootstrap):
     assert bleu.baseline == pytest.approx(report.captioner.constant_bleu["bleu4"])
     assert report.captioner.held_out_images == bs.QUICK.captioner.held_out_scenes
     assert report.classifier.saliency_ratio >= bs.QUICK.gates.min_saliency_ratio
+    assert by_metric[explain].value == report.captioner.explain_saliency["ratio"] >= bs.QUICK.gates.min_explain_ratio
 
 
 def test_quick_bootstrap_reports_progress_in_order(quick_bootstrap):

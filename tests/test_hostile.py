@@ -321,6 +321,8 @@ IMAGE_TARGETS: dict[str, tuple[str, Callable[[Ctx, bytes], Any]]] = {
     "saliency": ("visualization", lambda ctx, data: ctx.vis.Saliency(
         vpb.SaliencyRequest(image=img(data), target_class=1), timeout=TIMEOUT)),
     "stylize": ("style", lambda ctx, data: stylize_unary(ctx, style_job(content=data))),
+    "explain": ("captioning", lambda ctx, data: drain(ctx.cap.ExplainCaption(
+        cpb.ExplainCaptionRequest(image=img(data), max_length=3), timeout=TIMEOUT))),
 }
 
 for _target, (_service, _call) in IMAGE_TARGETS.items():
@@ -358,6 +360,18 @@ case("images-fooling-garbage", "visualization",
 case("images-fooling-bomb_header", "visualization",
      lambda ctx: drain(ctx.vis.FoolingImage(vpb.FoolingImageRequest(
          image=img(bomb_png(100_000, 100_000)), target_class=1), timeout=TIMEOUT)), IA)
+case("images-explain-map_over_max_message_bytes", "captioning",
+     lambda ctx: drain(ctx.cap.ExplainCaption(cpb.ExplainCaptionRequest(image=img(solid(1500, 1500))),
+                                              timeout=TIMEOUT)), IA,
+     contract="a word's float32 map at the image's resolution must fit in max_message_bytes")
+case("images-explain-no_image", "captioning",
+     lambda ctx: drain(ctx.cap.ExplainCaption(cpb.ExplainCaptionRequest(), timeout=TIMEOUT)), IA)
+case("images-explain-unknown_words", "captioning",
+     lambda ctx: drain(ctx.cap.ExplainCaption(cpb.ExplainCaptionRequest(
+         image=img(small_png()), caption="a zebra " * 1000), timeout=TIMEOUT)), IA)
+case("images-explain-max_length_-1", "captioning",
+     lambda ctx: drain(ctx.cap.ExplainCaption(cpb.ExplainCaptionRequest(
+         image=img(small_png()), max_length=2**32 - 1), timeout=TIMEOUT)), IA)
 case("images-describe-bomb_header", "captioning",
      lambda ctx: ctx.info.DescribeImage(server_pb2.DescribeImageRequest(image=img(bomb_png(100_000, 100_000))),
                                         timeout=TIMEOUT), IA)

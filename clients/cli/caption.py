@@ -43,16 +43,32 @@ def _inputs(paths: tuple[Path, ...]) -> list[tuple[str, object]]:
               help="captions per input: the n-best (--beam) or n samples (--sample)")
 @click.option("--max-length", type=int, default=0, help="most tokens per caption [30]")
 @click.option("--stream", is_flag=True, help="print the words as they are decoded (one input)")
+@click.option("--explain", is_flag=True,
+              help="a saliency map per word of the caption (one image): prints each word's peak, writes overlays")
+@click.option("--caption", "forced", default=None, metavar="TEXT",
+              help="with --explain: explain this caption (teacher forcing) instead of the model's own")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="with --explain: folder for the overlay PNGs [explain-IMAGE_STEM]")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="call deadline in seconds")
 @addr_option("captioning")
 @json_option
 def caption_command(inputs, model, beam_width, length_penalty, sample, temperature, seed, num_captions, max_length,
-                    stream, timeout, addr, as_json):
+                    stream, explain, forced, out_dir, timeout, addr, as_json):
     """Caption images (PNG, JPEG, ...) or feature vectors (.npy) with an image captioning RNN/LSTM.
 
     Several inputs go through one CaptionStream, at most 32 in flight (each file is read when its
-    turn comes), and are printed as their answers arrive.
+    turn comes), and are printed as their answers arrive. With --explain, one image's caption is
+    explained word by word: a saliency map per word (ExplainCaption), written as NN-WORD.png overlays.
     """
+    if explain:
+        if sample or beam_width is not None or num_captions or stream or temperature is not None or seed is not None:
+            raise CliError("--explain explains the greedy caption (or --caption's): --beam, --sample, "
+                           "--temperature, --seed, -n and --stream do not apply")
+        _explain(inputs, model=model, caption=forced, max_length=max_length, out_dir=out_dir, timeout=timeout,
+                 addr=addr, as_json=as_json)
+        return
+    if forced is not None or out_dir is not None:
+        raise CliError("--caption and --out apply to --explain")
     if sample and beam_width is not None:
         raise CliError("choose --beam or --sample, not both")
     if (temperature is not None or seed is not None) and not sample:
@@ -129,6 +145,38 @@ def _print(label: str, out, as_json: bool, single: bool) -> None:
     click.echo(f"{label}:")
     for i, c in enumerate(out.captions):
         click.echo(f"  {i + 1}. {c.text}  (score {c.score:.3f})")
+
+
+def _explain(inputs, *, model, caption, max_length, out_dir, timeout, addr, as_json) -> None:
+    """Explain one image's caption: print every word with its peak, write its overlay PNG."""
+    from pixelrpc.clients.captioning import Explanation
+
+    if len(inputs) != 1 or inputs[0].suffix.lower() == ".npy":
+        raise CliError("--explain takes one image (PNG, JPEG, ...): the maps are over its pixels")
+    image = inputs[0]
+    out = Path(out_dir) if out_dir is not None else Path(f"explain-{image.stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    with connect("captioning", addr, timeout) as client:
+        for item in client.explain_stream(image, caption, model or None, max_length=max_length, overlays=True):
+            if isinstance(item, Explanation):
+                if as_json:
+                    record = item.to_json()
+                    for word, name in zip(record["words"], files, strict=True):
+                        word["overlay"] = name
+                    emit_json({"input": str(image), **record})
+                else:
+                    click.echo(f"{image}: {item.caption}  (log p {item.log_prob:.3f}; maps {item.size[0]}x"
+                               f"{item.size[1]}, overlays {item.input_size}x{item.input_size} in {out})")
+                return
+            safe = "".join(ch if ch.isalnum() else "_" for ch in item.word)
+            path = out / f"{item.position:02d}-{safe}.png"
+            if item.overlay is not None:
+                path.write_bytes(item.overlay)
+            files.append(str(path))
+            if not as_json:
+                click.echo(f"  {item.position:2d} {item.word:<12} log p {item.log_prob:8.3f}  peak at "
+                           f"(x={item.peak[0]}, y={item.peak[1]})  {path}")
 
 
 def register(group: click.Group) -> None:

@@ -139,3 +139,65 @@ class CaptionStreamResponse(_message.Message):
     result: CaptionResult
     error: _status_pb2.Status
     def __init__(self, id: _Optional[str] = ..., result: _Optional[_Union[CaptionResult, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class ExplainCaptionRequest(_message.Message):
+    __slots__ = ("model", "image", "caption", "max_length", "render_overlays")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    RENDER_OVERLAYS_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    image: _common_pb2.Image
+    caption: str
+    max_length: int
+    render_overlays: bool
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., caption: _Optional[str] = ..., max_length: _Optional[int] = ..., render_overlays: _Optional[bool] = ...) -> None: ...
+
+class WordSaliency(_message.Message):
+    __slots__ = ("position", "token", "saliency", "overlay", "peak_x", "peak_y")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SALIENCY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    PEAK_X_FIELD_NUMBER: _ClassVar[int]
+    PEAK_Y_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    token: CaptionToken
+    saliency: _common_pb2.Tensor
+    overlay: _common_pb2.Image
+    peak_x: int
+    peak_y: int
+    def __init__(self, position: _Optional[int] = ..., token: _Optional[_Union[CaptionToken, _Mapping]] = ..., saliency: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., overlay: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., peak_x: _Optional[int] = ..., peak_y: _Optional[int] = ...) -> None: ...
+
+class ExplainedCaption(_message.Message):
+    __slots__ = ("text", "tokens", "logprob", "finished", "teacher_forced", "width", "height", "input_size", "encoder", "meta")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_FORCED_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    tokens: _containers.RepeatedCompositeFieldContainer[CaptionToken]
+    logprob: float
+    finished: bool
+    teacher_forced: bool
+    width: int
+    height: int
+    input_size: int
+    encoder: _common_pb2.ModelRef
+    meta: _common_pb2.ResponseMeta
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[CaptionToken, _Mapping]]] = ..., logprob: _Optional[float] = ..., finished: _Optional[bool] = ..., teacher_forced: _Optional[bool] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., input_size: _Optional[int] = ..., encoder: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., meta: _Optional[_Union[_common_pb2.ResponseMeta, _Mapping]] = ...) -> None: ...
+
+class ExplainCaptionResponse(_message.Message):
+    __slots__ = ("word", "result")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    word: WordSaliency
+    result: ExplainedCaption
+    def __init__(self, word: _Optional[_Union[WordSaliency, _Mapping]] = ..., result: _Optional[_Union[ExplainedCaption, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class CaptioningServiceStub:
                 request_serializer=pixelrpc_dot_v1_dot_captioning__pb2.CaptionStreamRequest.SerializeToString,
                 response_deserializer=pixelrpc_dot_v1_dot_captioning__pb2.CaptionStreamResponse.FromString,
                 _registered_method=True)
+        self.ExplainCaption = channel.unary_stream(
+                '/pixelrpc.v1.CaptioningService/ExplainCaption',
+                request_serializer=pixelrpc_dot_v1_dot_captioning__pb2.ExplainCaptionRequest.SerializeToString,
+                response_deserializer=pixelrpc_dot_v1_dot_captioning__pb2.ExplainCaptionResponse.FromString,
+                _registered_method=True)
 
 
 class CaptioningServiceServicer:
@@ -92,6 +97,18 @@ class CaptioningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainCaption(self, request, context):
+        """Explain a caption: for every word, a saliency map of how much each pixel of the image drove it
+        (the gradient of the word's log-probability, at its step with the previous words fixed, with
+        respect to the pixels, through the captioner and its pinned encoder; max of |gradient| over the
+        colour channels). One ExplainCaptionResponse.word per word as it is computed, then one
+        ExplainCaptionResponse.result. Cancelling the call, or its deadline passing, stops the work
+        between words. Needs image input (a captioner without a pinned encoder: FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CaptioningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +126,11 @@ def add_CaptioningServiceServicer_to_server(servicer, server):
                     servicer.CaptionStream,
                     request_deserializer=pixelrpc_dot_v1_dot_captioning__pb2.CaptionStreamRequest.FromString,
                     response_serializer=pixelrpc_dot_v1_dot_captioning__pb2.CaptionStreamResponse.SerializeToString,
+            ),
+            'ExplainCaption': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExplainCaption,
+                    request_deserializer=pixelrpc_dot_v1_dot_captioning__pb2.ExplainCaptionRequest.FromString,
+                    response_serializer=pixelrpc_dot_v1_dot_captioning__pb2.ExplainCaptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -198,6 +220,33 @@ class CaptioningService:
             '/pixelrpc.v1.CaptioningService/CaptionStream',
             pixelrpc_dot_v1_dot_captioning__pb2.CaptionStreamRequest.SerializeToString,
             pixelrpc_dot_v1_dot_captioning__pb2.CaptionStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainCaption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pixelrpc.v1.CaptioningService/ExplainCaption',
+            pixelrpc_dot_v1_dot_captioning__pb2.ExplainCaptionRequest.SerializeToString,
+            pixelrpc_dot_v1_dot_captioning__pb2.ExplainCaptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
