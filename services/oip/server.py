@@ -175,9 +175,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # ------------------------------------------------------------------ inference
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, call: Call):
-        req = self._request(request)
-        _service, adapter, _manifest = await self._route(req.model, req.version, call)
-        return self._response(req, await adapter.infer(req, call))
+        try:
+            req = self._request(request)
+            _service, adapter, _manifest = await self._route(req.model, req.version, call)
+            return self._response(req, await adapter.infer(req, call))
+        except InvalidInput as exc:
+            raise naming_tensor(exc) from None
 
     @rpc
     async def ModelStreamInfer(self, request_iterator, call: Call):
@@ -190,6 +193,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed request is answered; the stream goes on
+                if isinstance(exc, InvalidInput):
+                    exc = naming_tensor(exc)
                 if isinstance(exc, PixelRPCError):
                     message = f"{status_code_for(exc).name}: {exc.message}"
                 else:
@@ -198,6 +203,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     message = f"INTERNAL: internal error (request id {call.request_id}); the server logged the details"
                 yield pb.ModelStreamInferResponse(error_message=clip(message, 1000), infer_response=pb.ModelInferResponse(
                     id=request.id, model_name=request.model_name, model_version=request.model_version))
+
+
+def naming_tensor(exc: InvalidInput) -> InvalidInput:
+    """The native helpers name their fields (``inputs[IMAGE][0]`` for an image of the IMAGE tensor) in
+    the BadRequest details; tritonclient shows only the message, so it names the tensor too."""
+    field = exc.violations[0].field if exc.violations else ""
+    tensor = field[len("inputs["):].split("]", 1)[0] if field.startswith("inputs[") else ""
+    if tensor and tensor not in exc.message:
+        exc.message = f"{field}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
 
 
 def add_to_server(server, contexts: dict[str, ServiceContext]) -> None:
