@@ -13,7 +13,7 @@ help:
 	@echo "make demo          install, then run the demo on the embedded default models"
 	@echo "make test          install, then run the test suite (includes the generated-code drift check)"
 	@echo "make lint          ruff + buf lint"
-	@echo "make protos        regenerate protos/pixelrpc/v1/*_pb2*.py(i)"
+	@echo "make protos        regenerate protos/pixelrpc/{v1,inference}/*_pb2*.py(i)"
 	@echo "make bench         run the benchmarks in bench/"
 	@echo "make compose-test  build the image and test the docker-compose deployment (not part of make test)"
 

@@ -122,6 +122,9 @@ def main(vis_address: str, style_address: str, folder: str) -> dict:
                        np.array([3], np.int32), "INT32")], outputs=[tc.InferRequestedOutput("SALIENCY")])
     report["saliency"] = result.as_numpy("SALIENCY").tolist()
     report["saliency_outputs"] = [o.name for o in result.get_response().outputs]
+    result = vis.infer("shapes-squeezenet", [bytes_input("IMAGE", [a, b])],
+                       outputs=[tc.InferRequestedOutput("SALIENCY"), tc.InferRequestedOutput("PROBABILITIES")])
+    report["saliency_predicted"] = result.as_numpy("SALIENCY").tolist()
 
     # captions: FEATURES rows and an IMAGE; a beam-search request
     result = vis.infer("shapes-captioner", [array_input("FEATURES", features, "FP32")])

@@ -124,15 +124,23 @@ def test_saliency_matches_native_saliency(oip):
     from pixelrpc.v1 import common_pb2, visualization_pb2
 
     stub, _, channel = native(oip["vis"].address)
+    ref = common_pb2.ModelRef(name="shapes-squeezenet")
     with channel:
-        response = stub.Saliency(visualization_pb2.SaliencyRequest(
-            image=common_pb2.Image(data=oip["images"]["a"]), target_class=3,
-            model=common_pb2.ModelRef(name="shapes-squeezenet")), timeout=60)
-    assert oip["report"]["saliency_outputs"] == ["PROBABILITIES", "SALIENCY"] or \
-        oip["report"]["saliency_outputs"] == ["SALIENCY"]
+        maps = {}
+        for key, image, target in (("target 3", "a", 3), ("predicted a", "a", None), ("predicted b", "b", None)):
+            request = visualization_pb2.SaliencyRequest(image=common_pb2.Image(data=oip["images"][image]), model=ref)
+            if target is not None:
+                request.target_class = target
+            maps[key] = tensor_to_numpy(stub.Saliency(request, timeout=60).saliency)
+    assert oip["report"]["saliency_outputs"] == ["SALIENCY"]  # only what was requested
     ours = np.array(oip["report"]["saliency"])
-    assert ours.shape == (1, 32, 32) and ours.max() > 0
-    np.testing.assert_allclose(ours[0], tensor_to_numpy(response.saliency), rtol=1e-4, atol=1e-6)
+    assert ours.shape == (1, 32, 32)
+    np.testing.assert_allclose(ours[0], maps["target 3"], rtol=1e-4, atol=1e-6)
+    # without TARGET_CLASS each map explains the image's predicted class (a positive score: not all zero)
+    predicted = np.array(oip["report"]["saliency_predicted"])
+    assert predicted.shape == (2, 32, 32) and (predicted.reshape(2, -1).max(1) > 0).all()
+    np.testing.assert_allclose(predicted[0], maps["predicted a"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(predicted[1], maps["predicted b"], rtol=1e-4, atol=1e-6)
 
 
 def test_caption_matches_native_caption(oip):
