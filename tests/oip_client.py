@@ -5,7 +5,8 @@ Run by ``tests/test_oip_grpc.py``. tritonclient's generated ``grpc_service.proto
 protobuf descriptor pool refuses the second file; the test process runs servers in-process, so
 Triton's client runs here, as any foreign client would: over the wire only.
 
-Usage: oip_client.py VIS_CAPTION_ADDRESS STYLE_ADDRESS INPUT_DIR  (INPUT_DIR: a.png, b.png, features.npy)
+Usage: oip_client.py VIS_CAPTION_ADDRESS STYLE_ADDRESS INPUT_DIR AUTH_ADDRESS TOKEN
+(INPUT_DIR: a.png, b.png, features.npy; AUTH_ADDRESS: a visualization server requiring TOKEN)
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def collect(client: tc.InferenceServerClient, requests: list[tuple], timeout: fl
     return out
 
 
-def main(vis_address: str, style_address: str, folder: str) -> dict:
+def main(vis_address: str, style_address: str, folder: str, auth_address: str, token: str) -> dict:
     inputs = Path(folder)
     a, b = (inputs / "a.png").read_bytes(), (inputs / "b.png").read_bytes()
     features = np.load(inputs / "features.npy").astype(np.float32)
@@ -174,8 +175,19 @@ def main(vis_address: str, style_address: str, folder: str) -> dict:
         "style_iterations": error_of(lambda: style.infer("shapes-squeezenet", [
             bytes_input("CONTENT", [a]), bytes_input("STYLE", [b])], parameters={"iterations": 10 ** 9})),
     }
+
+    # a server with a bearer token: liveness and readiness are open, inference needs the token
+    guarded = tc.InferenceServerClient(auth_address)
+    report["auth"] = {
+        "live": guarded.is_server_live(), "ready": guarded.is_server_ready(),
+        "no_token": error_of(lambda: guarded.infer("shapes-squeezenet", [bytes_input("IMAGE", [a])])),
+        "wrong_token": error_of(lambda: guarded.infer("shapes-squeezenet", [bytes_input("IMAGE", [a])],
+                                                      headers={"authorization": "Bearer nope"})),
+        "token": error_of(lambda: guarded.infer("shapes-squeezenet", [bytes_input("IMAGE", [a])],
+                                                headers={"authorization": f"Bearer {token}"})),
+    }
     return report
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(*sys.argv[1:4])))
+    print(json.dumps(main(*sys.argv[1:6])))

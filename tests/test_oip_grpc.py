@@ -29,6 +29,7 @@ if importlib.util.find_spec("tritonclient") is None:
     pytest.skip("tritonclient is a test dependency (pyproject dev extra)", allow_module_level=True)
 
 SETTINGS = Settings(shutdown_delay=0.0, registry_refresh_seconds=0.5, torch_threads=1)
+TOKEN = "oip-test-token"
 
 
 def png(fill, shape: str = "circle") -> bytes:
@@ -51,10 +52,12 @@ def oip(quick_bootstrap, tmp_path_factory):
     np.save(folder / "features.npy", features)
     registry = quick_bootstrap.registry
     with torch_threads(1), running_server(["visualization", "captioning"], SETTINGS, registry=registry) as vis, \
-            running_server(["style"], SETTINGS, registry=registry) as style:
+            running_server(["style"], SETTINGS, registry=registry) as style, \
+            running_server(["visualization"], SETTINGS.replace(auth_token=TOKEN), registry=registry) as guarded:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run([sys.executable, str(REPO / "tests" / "oip_client.py"), vis.address, style.address,
-                               str(folder)], capture_output=True, text=True, timeout=240, env=env)
+                               str(folder), guarded.address, TOKEN], capture_output=True, text=True, timeout=240,
+                              env=env)
         assert proc.returncode == 0, proc.stderr[-4000:]
         yield {"report": json.loads(proc.stdout), "vis": vis, "images": images, "features": features}
 
@@ -211,6 +214,34 @@ def test_errors_map_to_the_native_status_codes(oip, case, status, words):
     error = oip["report"]["errors"][case]
     assert error["status"] == f"StatusCode.{status}", error
     assert words in error["message"], error
+
+
+def test_bearer_token_guards_inference_not_liveness(oip):
+    auth = oip["report"]["auth"]
+    assert auth["live"] and auth["ready"]
+    assert auth["no_token"]["status"] == "StatusCode.UNAUTHENTICATED" and "missing bearer token" in \
+        auth["no_token"]["message"]
+    assert auth["wrong_token"]["status"] == "StatusCode.UNAUTHENTICATED"
+    assert auth["token"]["status"] == "OK"
+
+
+def test_malformed_request_bytes_are_invalid_argument(oip):
+    import grpc
+
+    with grpc.insecure_channel(oip["vis"].address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as info:
+            infer(b"\xff\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest message" in info.value.details()
+
+
+def test_oip_calls_share_the_native_metrics(oip):
+    samples = {(s.labels["method"], s.labels["code"]): s.value
+               for metric in oip["vis"].ctx.metrics.requests.collect() for s in metric.samples
+               if s.name.endswith("_total")}
+    assert samples[("ModelInfer", "OK")] >= 7 and samples[("ModelInfer", "INVALID_ARGUMENT")] >= 8
+    assert samples[("ModelStreamInfer", "OK")] >= 2 and samples[("Classify", "OK")] >= 1
 
 
 # ---------------------------------------------------------------------- tensors (no server)
