@@ -234,12 +234,19 @@ class ClassifierAdapter(Adapter):
             if h * w > limits.max_pixels:
                 raise InvalidInput(f"input PIXELS: {w}x{h} images are over this server's max_image_pixels="
                                    f"{limits.max_pixels:,}", field="inputs[PIXELS].shape")
-            call.on_end.append(self.ctx.pixels.reserve(h * w))
+            if count * h * w > limits.max_request_pixels:
+                raise InvalidInput(f"input PIXELS holds {count * h * w:,} pixels, over this server's "
+                                   f"max_request_pixels={limits.max_request_pixels:,}", field="inputs[PIXELS].shape")
+            release = self.ctx.pixels.reserve(count * h * w)  # the images' copies, until they are preprocessed
+            call.on_end.append(release)
             loaded, model = await call.control(self.servicer._model, request, call)
             data = pixels.data
 
             def decode():
-                return [Image.fromarray(np.ascontiguousarray(data[i]), mode="RGB") for i in range(count)]
+                try:
+                    return [Image.fromarray(np.ascontiguousarray(data[i]), mode="RGB") for i in range(count)]
+                finally:
+                    release()
         target = expect(req.inputs, "TARGET_CLASS", ("INT32", "INT64"), 1, required=False)
         targets = None
         if target is not None:
