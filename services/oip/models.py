@@ -357,8 +357,10 @@ class CaptionerAdapter(Adapter):
         features = req.inputs.get("FEATURES")
         if features is None:
             return
-        loaded = self.ctx.cached_model(req.ref, task="captioning", call=call) or await call.control(
-            self.ctx.get_model, req.ref, task="captioning", call=call)
+        # a loaded model is read without an executor hop (nor a second count against its serving limits:
+        # ``caption`` admits it); the first request for a model resolves it on the control executor
+        loaded = self.ctx.cache.peek(req.model, req.version) or await call.control(
+            self.ctx.get_model, req.ref, task="captioning")
         dim = loaded.model.input_dim
         if features.shape[1] != dim:
             raise InvalidInput(f"input FEATURES must be [N, {dim}] for {loaded.manifest.ref}, got "
@@ -368,13 +370,16 @@ class CaptionerAdapter(Adapter):
         jobs = self.jobs(req)
         wanted = self.requested(req)
         await self._check_dim(req, call)
-        tasks = [asyncio.ensure_future(self.servicer.caption(job, call)) for job in jobs]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            raise
+        if len(jobs) == 1:  # the common case, without a task per row
+            results = [await self.servicer.caption(jobs[0], call)]
+        else:  # rows decode together in the model's batcher
+            tasks = [asyncio.ensure_future(self.servicer.caption(job, call)) for job in jobs]
+            try:
+                results = await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                raise
         best = [r.captions[0] for r in results]
         meta = results[0].meta
         return InferResult(meta.model_name, meta.model_version, self._outputs(best, wanted),
