@@ -7,8 +7,10 @@ RPCs call, so OIP and the native API compute the same thing the same way:
 
 - ``ClassifierAdapter`` (visualization): ``VisualizationServicer._admit`` then ``vis.classify`` /
   ``vis.saliency`` in one job slot;
-- ``CaptionerAdapter`` (captioning): ``CaptioningServicer.caption`` per row (the model's dynamic
-  batcher decodes the rows, and everyone else's requests, together), ``plan`` + ``events`` to stream;
+- ``CaptionerAdapter`` (captioning): FEATURES rows go straight to the model's dynamic batcher
+  (``CaptioningServicer.batcher_for``: the rows, and every native Caption, decode together), IMAGE
+  rows through ``CaptioningServicer.caption`` (the pinned encoder, then the batcher); streams use
+  ``plan`` + ``events``;
 - ``StyleAdapter`` (style): ``StyleTransferServicer._run`` (``call.steps``: a cancelled call stops
   within one iteration).
 
@@ -294,6 +296,19 @@ class ClassifierAdapter(Adapter):
         return bytes_tensor("PROBABILITIES", rows, (probs.shape[0], k))
 
 
+async def gather_all(coroutines: list) -> list:
+    """Await ``coroutines`` (one directly; several as tasks, the rest cancelled when one fails)."""
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+
+
 # ---------------------------------------------------------------------- captioners
 class CaptionerAdapter(Adapter):
     task = "captioning"
@@ -315,9 +330,8 @@ class CaptionerAdapter(Adapter):
 
         self.servicer = CaptioningServicer(ctx)  # shares the context's batchers (ctx.state)
 
-    def jobs(self, req: InferRequest) -> list:
-        from pixelrpc.services.captioning import options_from_pb
-        from pixelrpc.services.convert import numpy_to_tensor
+    def options(self, req: InferRequest):
+        """The request's parameters as native CaptionOptions, refused (naming the parameter) if bad."""
         from pixelrpc.v1 import captioning_pb2 as pb
 
         only_known(req.inputs, ("FEATURES", "IMAGE"))
@@ -341,59 +355,85 @@ class CaptionerAdapter(Adapter):
         seed = params.get("seed", int)
         if seed is not None:
             opts.seed = resolve_seed(seed, "parameters.seed")
+        return opts
+
+    def features(self, req: InferRequest) -> Tensor | None:
+        features = expect(req.inputs, "FEATURES", ("FP32", "FP64"), 2, required=False)
+        if features is not None and not 1 <= features.shape[0] <= self.MAX_ROWS:
+            raise InvalidInput(f"input FEATURES has {features.shape[0]} rows; send 1 to {self.MAX_ROWS}",
+                               field="inputs[FEATURES].shape")
+        return features
+
+    def jobs(self, req: InferRequest) -> list:
+        """Native CaptionJobs, one per row (streams, and images: they take the servicer's encoder path)."""
+        from pixelrpc.services.captioning import options_from_pb
+        from pixelrpc.services.convert import numpy_to_tensor
+        from pixelrpc.v1 import captioning_pb2 as pb
+
+        opts = self.options(req)
         options_from_pb(opts, field="parameters")  # refuse bad options before anything runs
-        if "FEATURES" in req.inputs:
-            features = expect(req.inputs, "FEATURES", ("FP32", "FP64"), 2)
-            rows = features.shape[0]
-            if not 1 <= rows <= self.MAX_ROWS:
-                raise InvalidInput(f"input FEATURES has {rows} rows; send 1 to {self.MAX_ROWS}",
-                                   field="inputs[FEATURES].shape")
+        features = self.features(req)
+        if features is not None:
             return [pb.CaptionJob(model=req.ref, options=opts, features=numpy_to_tensor(row)) for row in features.data]
         images = images_of(expect(req.inputs, "IMAGE", (BYTES,), 1), self.MAX_ROWS)
         return [pb.CaptionJob(model=req.ref, options=opts, image=img) for img in images]
 
-    async def _check_dim(self, req: InferRequest, call: Call) -> None:
-        """FEATURES must have the captioner's input dimension: refused naming the tensor."""
+    async def _captioner(self, req: InferRequest, call: Call, admit: bool = True):
+        """The captioner, resolved as the native Caption does (with ``admit``, its serving limits applied
+        to ``call``); FEATURES must have its input dimension (refused naming the tensor)."""
+        counted = call if admit else None
+        loaded = self.ctx.cached_model(req.ref, task="captioning", call=counted) or await call.control(
+            self.ctx.get_model, req.ref, task="captioning", call=counted)
         features = req.inputs.get("FEATURES")
-        if features is None:
-            return
-        # a loaded model is read without an executor hop (nor a second count against its serving limits:
-        # ``caption`` admits it); the first request for a model resolves it on the control executor
-        loaded = self.ctx.cache.peek(req.model, req.version) or await call.control(
-            self.ctx.get_model, req.ref, task="captioning")
         dim = loaded.model.input_dim
-        if features.shape[1] != dim:
+        if features is not None and features.shape[1] != dim:
             raise InvalidInput(f"input FEATURES must be [N, {dim}] for {loaded.manifest.ref}, got "
                                f"{list(features.shape)}", field="inputs[FEATURES].shape")
+        return loaded
+
+    async def _decode(self, plan, call: Call):
+        """One row through the model's dynamic batcher (``batcher_for``, shared with the native API),
+        or alone in the executor when batching is off; returns its ``Finished``."""
+        batcher = self.servicer.batcher_for(plan.loaded)
+        if batcher is not None:
+            finished = await batcher.decode(plan.features, plan.options, call.cancel)
+            call.compute_ms += finished.compute_ms
+            return finished
+        async for item in self.servicer.events(plan, call, want_tokens=False):
+            return item
+        raise AssertionError("decoding always ends with Finished")
 
     async def infer(self, req: InferRequest, call: Call) -> InferResult:
-        jobs = self.jobs(req)
+        from pixelrpc.models.captioning.decoding import check_features
+        from pixelrpc.services.captioning import CaptionPlan, options_from_pb
+
         wanted = self.requested(req)
-        await self._check_dim(req, call)
-        if len(jobs) == 1:  # the common case, without a task per row
-            results = [await self.servicer.caption(jobs[0], call)]
-        else:  # rows decode together in the model's batcher
-            tasks = [asyncio.ensure_future(self.servicer.caption(job, call)) for job in jobs]
-            try:
-                results = await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                raise
-        best = [r.captions[0] for r in results]
-        meta = results[0].meta
-        return InferResult(meta.model_name, meta.model_version, self._outputs(best, wanted),
-                           {"seed": int(meta.seed)} if meta.seed else {})
+        opts = self.options(req)
+        features = self.features(req)
+        if features is None:  # images: the servicer's own path (encoder in a job slot, then the batcher)
+            results = await gather_all([self.servicer.caption(job, call) for job in self.jobs(req)])
+            best = [(c.text, [t.id for t in c.tokens], c.logprob) for c in (r.captions[0] for r in results)]
+            meta = results[0].meta
+            return InferResult(meta.model_name, meta.model_version, self._outputs(best, wanted),
+                               {"seed": int(meta.seed)} if meta.seed else {})
+        options = options_from_pb(opts, field="parameters")
+        loaded = await self._captioner(req, call)
+        rows = check_features(loaded.model, np.array(features.data), field="inputs[FEATURES]")
+        finished = await gather_all([self._decode(CaptionPlan(loaded, row, options), call) for row in rows])
+        best = [(c.text, list(c.tokens), c.logprob) for c in (f.captions[0] for f in finished)]
+        return InferResult(loaded.manifest.name, loaded.manifest.version, self._outputs(best, wanted),
+                           {"seed": int(options.seed)} if options.seed is not None else {})
 
     @staticmethod
-    def _outputs(captions: list, wanted) -> list[Tensor]:
-        width = max((len(c.tokens) for c in captions), default=0)
+    def _outputs(captions: list[tuple[str, list[int], float]], wanted) -> list[Tensor]:
+        """(text, token ids, log-probability) of each row's best caption as the output tensors."""
+        width = max((len(tokens) for _, tokens, _ in captions), default=0)
         tokens = np.zeros((len(captions), width), dtype=np.int32)
-        for n, c in enumerate(captions):
-            tokens[n, :len(c.tokens)] = [t.id for t in c.tokens]
-        every = {"CAPTION": bytes_tensor("CAPTION", [c.text for c in captions]),
+        for n, (_, ids, _) in enumerate(captions):
+            tokens[n, :len(ids)] = ids
+        every = {"CAPTION": bytes_tensor("CAPTION", [text for text, _, _ in captions]),
                  "TOKENS": numeric_tensor("TOKENS", "INT32", tokens),
-                 "LOG_PROB": numeric_tensor("LOG_PROB", "FP32", [c.logprob for c in captions])}
+                 "LOG_PROB": numeric_tensor("LOG_PROB", "FP32", [lp for _, _, lp in captions])}
         return [every[name] for name in every if name in wanted]
 
     async def stream(self, req: InferRequest, call: Call) -> AsyncIterator[InferResult]:
@@ -406,7 +446,8 @@ class CaptionerAdapter(Adapter):
         if len(jobs) != 1:
             raise InvalidInput(f"a streamed caption request takes one row, got {len(jobs)}; send one request "
                                "per image", field="inputs")
-        await self._check_dim(req, call)
+        if "FEATURES" in req.inputs:
+            await self._captioner(req, call, admit=False)  # the dimension check; plan() admits the model
         plan = await self.servicer.plan(jobs[0], call)
         name, version = plan.loaded.manifest.name, plan.loaded.manifest.version
         words = plan.loaded.model.idx_to_word
@@ -417,8 +458,8 @@ class CaptionerAdapter(Adapter):
                     numeric_tensor("TOKEN_LOG_PROB", "FP32", [item.logprob])],
                     {"caption_index": int(item.caption), "position": int(item.position)}, final=False)
             else:
-                result = self.servicer.result_pb(plan, item, call)
-                yield InferResult(name, version, self._outputs([result.captions[0]], wanted))
+                best = item.captions[0]
+                yield InferResult(name, version, self._outputs([(best.text, list(best.tokens), best.logprob)], wanted))
 
 
 # ---------------------------------------------------------------------- style
