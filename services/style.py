@@ -1,7 +1,8 @@
 """``pixelrpc.v1.StyleTransferService``: Gatys style transfer, streamed step by step.
 
-The servicer converts a request into the arguments of ``pixelrpc.models.style.style_transfer_steps``
-(preset, then the request's overrides), enforces the server's limits, and steps the domain generator through
+The servicer converts a request into ``StyleOptions`` (``pixelrpc.models.style.options``: the preset,
+then the request's overrides), checks them against the server's limits (``StyleOptions.validate``),
+and steps the domain generator (``pixelrpc.models.style.transfer.stylize``) through
 ``call.steps``: one job slot per job, a bounded queue in front of the slots, and a cancelled or
 expired call stops within one iteration, its generator closed and its tensors released.
 

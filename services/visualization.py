@@ -1,13 +1,16 @@
 """``pixelrpc.v1.VisualizationService``: classification, saliency, fooling images, class visualization.
 
-Each method converts the request, runs a ``pixelrpc.models.visualization`` function in the bounded
-executor (``call.run`` for unary work, ``call.steps`` for the optimisation generators, so a
-cancelled or expired call stops within one step) and converts the result. All tensor work and PNG
-encoding happen in the executor; the event loop only moves messages.
+Each method converts the request into the job's options (``pixelrpc.models.visualization.options``:
+the defaults and checks live there), calls ONE function of ``pixelrpc.models.visualization.jobs`` in
+the bounded executor (``call.run`` for unary work, ``call.steps`` for the optimisation generators, so a
+cancelled or expired call stops within one step) and converts its plain result into the response. All
+tensor work and PNG encoding happen in the executor; the event loop only moves messages. This module
+runs no model and imports no torch.
 
 One request, one job slot: the model is resolved and the images are checked from their headers
 (``call.admit_images``: sizes, the request's pixel sum, the server's pixel budget) on the control
 executor before the call queues; then decoding, the model and the answer's encoding run in one job.
+A named model already loaded and small images skip the control executor (``_admit``).
 """
 
 from __future__ import annotations

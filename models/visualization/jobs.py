@@ -11,6 +11,7 @@ Dimensions: N images, S the model's input side, K classes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,12 +136,14 @@ def fooling_image(model: ImageModel, image: Image.Image,
                   options: FoolingOptions) -> Iterator[FoolingUpdate | FoolingOutput]:
     """Generator: a FoolingUpdate per gradient step, then one FoolingOutput (``options`` validated)."""
     x = model.preprocess([image])  # (1, 3, S, S)
-    for item in fooling_steps(x, [options.target_class], model, options.learning_rate, options.max_iterations):
-        if isinstance(item, FoolingProgress):
-            yield FoolingUpdate(item.iteration, float(item.target_score[0]), float(item.target_probability[0]),
-                                int(item.predicted[0]))
-        else:
-            yield _fooling_output(model, x, item, options.magnify)
+    steps = fooling_steps(x, [options.target_class], model, options.learning_rate, options.max_iterations)
+    with closing(steps):  # closing this generator closes the optimisation at once
+        for item in steps:
+            if isinstance(item, FoolingProgress):
+                yield FoolingUpdate(item.iteration, float(item.target_score[0]),
+                                    float(item.target_probability[0]), int(item.predicted[0]))
+            else:
+                yield _fooling_output(model, x, item, options.magnify)
 
 
 def _fooling_output(model: ImageModel, x: torch.Tensor, result: FoolingResult, magnify: float) -> FoolingOutput:
@@ -186,20 +189,21 @@ def class_visualization(model: ImageModel, options: ClassVisualizationOptions
     validated and resolved)."""
     side = options.side(model.input_size)
     target = options.target_class
-    for item in class_visualization_steps(
-            target, model, l2_reg=options.l2_reg, learning_rate=options.learning_rate,
-            num_iterations=options.num_iterations, blur_every=options.blur_every,
-            max_jitter=options.jitter(side), show_every=options.show_every, seed=options.seed, size=side,
-            blur_sigma=options.blur_sigma):
-        if isinstance(item, ClassVisualizationProgress):
-            yield ClassVisualizationUpdate(item.iteration, float(item.target_score[0]),
-                                           float(item.target_probability[0]),
-                                           item.preview[0] if item.preview is not None else None)
-        else:
-            yield ClassVisualizationOutput(
-                image=item.pil[0], target_class=target, target_label=class_label(model, target),
-                target_score=float(item.target_score[0]), target_probability=float(item.target_probability[0]),
-                iterations=item.iterations, size=side)
+    steps = class_visualization_steps(
+        target, model, l2_reg=options.l2_reg, learning_rate=options.learning_rate,
+        num_iterations=options.num_iterations, blur_every=options.blur_every, max_jitter=options.jitter(side),
+        show_every=options.show_every, seed=options.seed, size=side, blur_sigma=options.blur_sigma)
+    with closing(steps):  # closing this generator closes the optimisation at once
+        for item in steps:
+            if isinstance(item, ClassVisualizationProgress):
+                yield ClassVisualizationUpdate(item.iteration, float(item.target_score[0]),
+                                               float(item.target_probability[0]),
+                                               item.preview[0] if item.preview is not None else None)
+            else:
+                yield ClassVisualizationOutput(
+                    image=item.pil[0], target_class=target, target_label=class_label(model, target),
+                    target_score=float(item.target_score[0]),
+                    target_probability=float(item.target_probability[0]), iterations=item.iterations, size=side)
 
 
 def warm_up(model: object) -> None:
