@@ -25,10 +25,10 @@ from PIL import Image
 
 from pixelrpc.clients import errors
 from pixelrpc.clients.base import AsyncServiceClient, ServiceClient, image_pb
+from pixelrpc.common.refs import split_ref
 from pixelrpc.v1 import captioning_pb2 as pb
 from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
 from pixelrpc.v1 import common_pb2
-from pixelrpc.v1.refs import split_ref
 
 CaptionInput = bytes | str | os.PathLike | Image.Image | np.ndarray
 STRATEGIES = {"greedy": pb.DECODING_STRATEGY_GREEDY, "beam": pb.DECODING_STRATEGY_BEAM,

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from PIL import Image
 
 from pixelrpc.clients.base import AsyncServiceClient, ImageInput, ServiceClient, image_pb
+from pixelrpc.common.refs import split_ref
 from pixelrpc.v1 import common_pb2
 from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
-from pixelrpc.v1.refs import split_ref
 
 _INITS = {"content": pb.STYLE_INIT_CONTENT, "random": pb.STYLE_INIT_RANDOM}
 _OPTIMIZERS = {"adam": pb.STYLE_OPTIMIZER_ADAM, "lbfgs": pb.STYLE_OPTIMIZER_LBFGS}

@@ -16,10 +16,10 @@ import numpy as np
 
 from pixelrpc.clients.base import AsyncServiceClient, ImageInput, ServiceClient, image_pb
 from pixelrpc.clients.errors import Internal
+from pixelrpc.common.refs import split_ref
 from pixelrpc.v1 import common_pb2
 from pixelrpc.v1 import visualization_pb2 as pb
 from pixelrpc.v1 import visualization_pb2_grpc as pb_grpc
-from pixelrpc.v1.refs import split_ref
 
 METHODS = {"vanilla": pb.SALIENCY_METHOD_VANILLA, "smoothgrad": pb.SALIENCY_METHOD_SMOOTHGRAD,
            "integrated_gradients": pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pixelrpc.common.refs import split_ref
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt
 from pixelrpc.models.options import with_defaults
 from pixelrpc.models.registry import Manifest, ServingConfig, parse_ref
@@ -25,7 +26,6 @@ from pixelrpc.models.visualization.options import (
     SmoothGradOptions,
     default_max_jitter,
 )
-from pixelrpc.v1.refs import split_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,3 +203,14 @@ def test_servicers_do_not_import_torch(module):
                 for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "torch" not in imported and "numpy" not in imported
+
+
+def test_the_reference_parser_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, pixelrpc.common.refs; "
+            "print(sorted(m for m in ('torch', 'grpc', 'google.protobuf', 'pixelrpc.models', 'pixelrpc.clients') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pixelrpc.common.refs import split_ref
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt, clip
 from pixelrpc.models.registry.serving import ServingConfig
-from pixelrpc.v1.refs import split_ref
 
 # Always used with ``fullmatch``: ``$`` in ``re.match`` also matches before a trailing newline, which
 # would let ``"evil\n"`` through.
@@ -50,7 +50,7 @@ def validate_name(name: str) -> str:
 def parse_ref(ref: str) -> tuple[str, int]:
     """``"name"`` -> (name, 0); ``"name:3"`` -> (name, 3). Version 0 means the default version.
 
-    ``pixelrpc.v1.refs.split_ref`` (the one parser, which clients use too) with the registry's name
+    ``pixelrpc.common.refs.split_ref`` (the one parser, which clients use too) with the registry's name
     rules; InvalidInput for a bad name or version."""
     return split_ref(ref, check_name=validate_name, shown=shown,
                      error=lambda message: InvalidInput(message, field="model"))

@@ -1,10 +1,10 @@
 """Model references, ``NAME`` or ``NAME:VERSION``: the one parser, used by the client library, the CLI
 and the server (``pixelrpc.models.registry.parse_ref`` adds the registry's name rules to it).
 
-It lives beside the protos (not generated: ``scripts/check_protos.py`` compares only ``*_pb2*``
-files) because it is the text form of ``common.proto``'s ``ModelRef`` and both sides ship this
-package: the client library must not import ``pixelrpc.models`` (torch), and the domain must not
-import the client. Pure Python: it imports neither protobuf nor grpc.
+``pixelrpc.common`` holds what every side shares and is light: pure Python, no torch, no protobuf,
+no grpc. This module cannot live in ``pixelrpc.models`` (the client library must not import the
+server side) nor in ``pixelrpc.clients`` (the domain must not import the client) nor beside the protos
+in ``pixelrpc.v1`` (the domain never touches the wire format).
 """
 
 from __future__ import annotations
