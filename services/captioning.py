@@ -229,13 +229,8 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
     def decode_dtype(self, loaded: LoadedModel) -> str | None:
         """The decoding dtype: setting ``decode_dtype`` > manifest ``serving.decode_dtype`` > the model's
         own (float32 for trained captioners). Both float32 and float64 are batch-invariant."""
-        explicit = getattr(self.ctx.settings, "decode_dtype", "") or ""
-        serving = loaded.manifest.metadata.get("serving") or {}
-        dtype = explicit or serving.get("decode_dtype") or None
-        if dtype not in (None, "float32", "float64"):
-            where = "PIXELRPC_DECODE_DTYPE" if explicit else f"model {loaded.manifest.ref}'s serving.decode_dtype"
-            raise FailedPrecondition(f"{where} is {clip(str(dtype))!r}: expected float32 or float64")
-        return dtype
+        return loaded.serving.decode_dtype_for(getattr(self.ctx.settings, "decode_dtype", "") or "",
+                                               loaded.manifest.ref)
 
     async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
         plan = await self.plan(job, call, run)
@@ -367,5 +362,5 @@ def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
     model = loaded.model
     if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
         return
-    dtype = ctx.settings.decode_dtype or (loaded.manifest.metadata.get("serving") or {}).get("decode_dtype")
-    decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2), dtype=dtype or None)
+    dtype = loaded.serving.decode_dtype_for(ctx.settings.decode_dtype, loaded.manifest.ref)
+    decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2), dtype=dtype)

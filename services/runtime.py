@@ -380,13 +380,13 @@ class ServiceContext:
     def _apply_model_serving(self, loaded: LoadedModel, call: Call) -> None:
         """Per-model limits from the manifest's ``serving`` section: ``max_concurrency`` (calls beyond it
         get RESOURCE_EXHAUSTED) and ``timeout_s`` (caps the call's deadline)."""
-        serving = loaded.manifest.metadata.get("serving") or {}
-        timeout = float(serving.get("timeout_s") or 0)
+        serving = loaded.serving
+        timeout = serving.timeout_s
         if timeout > 0:
             limit_at = time.monotonic() + timeout
             if call.cancel.deadline is None or limit_at < call.cancel.deadline:
                 call.cancel.deadline = limit_at
-        limit = int(serving.get("max_concurrency") or 0)
+        limit = serving.max_concurrency
         if limit <= 0:
             return
         ref = loaded.manifest.ref
@@ -405,11 +405,7 @@ class ServiceContext:
 
     def serving_config(self, loaded: LoadedModel, key: str, default: Any) -> Any:
         """A per-model serving setting: explicit service setting > manifest ``serving`` > default."""
-        explicit = getattr(self.settings, key, None)
-        if isinstance(explicit, int | float) and not isinstance(explicit, bool) and explicit > 0:
-            return explicit
-        serving = loaded.manifest.metadata.get("serving") or {}
-        return serving.get(key, default)
+        return loaded.serving.setting(key, getattr(self.settings, key, None), default)
 
 
 class Call:
