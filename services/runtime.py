@@ -532,7 +532,7 @@ class Call:
         """Run ``fn(*args)`` in a worker; ``pending`` receives the future (the step that may outlive a cancel)."""
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        with tracing.span(self.ctx.tracer, tracing.step_name(fn), {tracing.REQUEST_ID_ATTR: self.request_id}):
+        with tracing.span(self.ctx.tracer, tracing.step_name(fn, self.method), {tracing.REQUEST_ID_ATTR: self.request_id}):
             future = loop.run_in_executor(self.ctx.jobs.executor, contextvars.copy_context().run, fn, *args)
             if pending is not None:
                 pending[:] = [future]

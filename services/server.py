@@ -23,10 +23,9 @@ from grpc_reflection.v1alpha import reflection
 
 from pixelrpc.models.errors import PixelRPCError
 from pixelrpc.models.registry import ModelCache, Registry, parse_ref
-from pixelrpc.services import registry_service, server_info
+from pixelrpc.services import registry_service, server_info, tracing
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
-from pixelrpc.services import tracing
 from pixelrpc.services.metrics import Metrics
 from pixelrpc.services.runtime import JobRunner, PixelBudget, ServiceContext, compute_runner, torch_executor
 from pixelrpc.services.settings import Settings, default_torch_threads

@@ -165,9 +165,13 @@ def record(tracer, name: str, seconds: float, attributes: Mapping[str, Any] | No
     done.end(end_time=end)
 
 
-def step_name(fn: Callable) -> str:
-    """A compute span's name: the function a job step runs (``compute encode_image``)."""
+_GENERIC_STEPS = {"next", "work", "job", "start", "run", "<lambda>"}
+
+
+def step_name(fn: Callable, method: str) -> str:
+    """A compute span's name: the function a job step runs (``compute encode_image``), or the RPC
+    method when that function says nothing (a local ``work``, a generator's ``next``)."""
     while hasattr(fn, "func"):  # functools.partial
         fn = fn.func
     name = getattr(fn, "__name__", None) or type(fn).__name__
-    return f"compute {name}"
+    return f"compute {method if name in _GENERIC_STEPS else name}"
