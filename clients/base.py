@@ -39,6 +39,30 @@ RETRY_SERVICE_CONFIG = {
 }
 
 
+_propagate = None  # opentelemetry.propagate once looked up; False when opentelemetry is not installed
+
+
+def trace_metadata() -> list[tuple[str, str]]:
+    """W3C ``traceparent`` / ``tracestate`` of the current OpenTelemetry span, for gRPC metadata.
+
+    Tracing is optional for the client: without opentelemetry installed, or outside a recording span,
+    this is empty and costs a global lookup. The propagators are the process's (``OTEL_PROPAGATORS``,
+    default W3C trace context and baggage).
+    """
+    global _propagate
+    if _propagate is None:
+        try:
+            from opentelemetry import propagate
+        except ImportError:
+            propagate = False
+        _propagate = propagate
+    if not _propagate:
+        return []
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return list(carrier.items())
+
+
 def image_pb(image: ImageInput) -> common_pb2.Image:
     """Encoded bytes as they are, a file's bytes, or a PIL image as PNG."""
     if isinstance(image, common_pb2.Image):
@@ -139,6 +163,7 @@ class _Base:
             md.append(("authorization", f"Bearer {self.token}"))
         if request_id:
             md.append(("x-request-id", request_id))
+        md.extend(trace_metadata())
         return md
 
 

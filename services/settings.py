@@ -122,6 +122,9 @@ class Settings:
     max_image_upscale: float = 32.0
     max_request_pixels: int = 192_000_000
     max_pixels_in_flight: int = 48_000_000
+    # OpenTelemetry tracing (services/tracing.py, docs/observability.md): also on when OTEL_TRACES_EXPORTER
+    # or OTEL_EXPORTER_OTLP_ENDPOINT is set; off by default.
+    tracing: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
