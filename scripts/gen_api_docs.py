@@ -15,7 +15,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
@@ -50,14 +49,6 @@ Scalar fields follow proto3: a field left unset reads as 0, `""` or `false`, so 
 comment is the default the server applies. Fields marked `optional` tell unset from 0. Every error is
 a gRPC status with `google.rpc` rich details; see [serving: errors](serving.md#errors).
 """
-
-
-@dataclass
-class Missing:
-    where: str
-
-    def __str__(self) -> str:
-        return self.where
 
 
 def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
@@ -150,12 +141,12 @@ def field_label(field: descriptor_pb2.FieldDescriptorProto, message: descriptor_
 class Renderer:
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.missing: list[Missing] = []
+        self.missing: list[str] = []
 
     def comment(self, comments: Comments, path: tuple[int, ...], where: str) -> str:
         text = comments.get(path)
         if not text:
-            self.missing.append(Missing(where))
+            self.missing.append(where)
         return text
 
     def file(self, fd: descriptor_pb2.FileDescriptorProto) -> None:
@@ -224,7 +215,7 @@ class Renderer:
         self.lines.append("")
 
 
-def render() -> tuple[str, list[Missing]]:
+def render() -> tuple[str, list[str]]:
     """docs/api.md's text, and every element that has no comment."""
     fds = descriptor_set()
     renderer = Renderer()
