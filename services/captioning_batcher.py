@@ -192,7 +192,12 @@ class ModelBatcher:
                 if not admit and not self.active and not drop:
                     continue
                 try:
-                    outcome = await loop.run_in_executor(self.executor, self._step, admit, drop)
+                    try:
+                        outcome = await loop.run_in_executor(self.executor, self._step, admit, drop)
+                    except RuntimeError as exc:  # the executor was shut down: the server is stopping
+                        if "shutdown" not in str(exc):
+                            raise
+                        raise Cancelled("the server stopped before the caption was decoded") from None
                 except Exception as exc:  # noqa: BLE001 - a decoding bug fails the batch, not the server
                     if not isinstance(exc, PixelRPCError):  # e.g. FailedPrecondition: a model that cannot decode
                         log.exception("caption decoding step failed; failing %d requests",

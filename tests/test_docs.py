@@ -24,7 +24,7 @@ from pixelrpc.services.settings import Settings
 
 README_LIMIT = 10 * 1024
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(REPO.glob("models/*/README.md")),
-         REPO / "docker" / "README.md"]
+         REPO / "docker" / "README.md", REPO / "bench" / "README.md"]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
