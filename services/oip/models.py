@@ -5,8 +5,8 @@ Each adapter holds the service's own native servicer (built on the same ``Servic
 registry, model cache, job slots, pixel budget and captioning batchers) and calls the helpers its
 RPCs call, so OIP and the native API compute the same thing the same way:
 
-- ``ClassifierAdapter`` (visualization): ``VisualizationServicer._admit`` then ``vis.classify`` /
-  ``vis.saliency`` in one job slot;
+- ``ClassifierAdapter`` (visualization): ``VisualizationServicer._admit`` then ``jobs.classify_images`` /
+  ``jobs.saliency_map`` (the native Classify and Saliency calls) in one job slot;
 - ``CaptionerAdapter`` (captioning): FEATURES rows go straight to the model's dynamic batcher
   (``CaptioningServicer.batcher_for``: the rows, and every native Caption, decode together), IMAGE
   rows through ``CaptioningServicer.caption`` (the pinned encoder, then the batcher); streams use
@@ -207,11 +207,15 @@ class ClassifierAdapter(Adapter):
         self.servicer = VisualizationServicer(ctx)
 
     async def infer(self, req: InferRequest, call: Call) -> InferResult:
-        import torch
         from PIL import Image
 
-        from pixelrpc.models import visualization as vis
-        from pixelrpc.services.visualization import MAX_CLASSIFY_IMAGES
+        from pixelrpc.models.imaging import check_geometry
+        from pixelrpc.models.visualization import jobs
+        from pixelrpc.models.visualization.options import (
+            MAX_CLASSIFY_IMAGES,
+            ClassifyOptions,
+            SaliencyOptions,
+        )
         from pixelrpc.v1 import visualization_pb2
 
         Params(req.parameters, set())
@@ -221,27 +225,26 @@ class ClassifierAdapter(Adapter):
             raise InvalidInput("send exactly one of the inputs IMAGE (BYTES [N], encoded PNG/JPEG/WebP) and "
                                "PIXELS (UINT8 [N, H, W, 3])", field="inputs")
         request = visualization_pb2.ClassifyRequest(model=req.ref)
+        limits = self.ctx.settings.image_limits
         if "IMAGE" in req.inputs:
             images = images_of(expect(req.inputs, "IMAGE", (BYTES,), 1), MAX_CLASSIFY_IMAGES)
             loaded, model, _, admitted = await self.servicer._admit(
                 request, call, [(img, f"inputs[IMAGE][{i}]") for i, img in enumerate(images)])
-            count, decode = len(images), admitted.decode
+            count, decode = len(images), admitted.decode  # each already S x S
         else:
             pixels = expect(req.inputs, "PIXELS", ("UINT8",), 4)
             count, h, w, c = pixels.shape
-            limits = self.ctx.settings.image_limits
             if c != 3 or not 1 <= count <= MAX_CLASSIFY_IMAGES or min(h, w) < 1:
                 raise InvalidInput(f"input PIXELS must be [N, H, W, 3] with 1 <= N <= {MAX_CLASSIFY_IMAGES}, got "
                                    f"{list(pixels.shape)}", field="inputs[PIXELS].shape")
-            if h * w > limits.max_pixels:
-                raise InvalidInput(f"input PIXELS: {w}x{h} images are over this server's max_image_pixels="
-                                   f"{limits.max_pixels:,}", field="inputs[PIXELS].shape")
-            if count * h * w > limits.max_request_pixels:
-                raise InvalidInput(f"input PIXELS holds {count * h * w:,} pixels, over this server's "
-                                   f"max_request_pixels={limits.max_request_pixels:,}", field="inputs[PIXELS].shape")
-            release = self.ctx.pixels.reserve(count * h * w)  # the images' copies, until they are preprocessed
-            call.on_end.append(release)
+            if h * w > limits.max_pixels or count * h * w > limits.max_request_pixels:
+                raise InvalidInput(f"input PIXELS: {count} images of {w}x{h} are over this server's "
+                                   f"max_image_pixels={limits.max_pixels:,} or max_request_pixels="
+                                   f"{limits.max_request_pixels:,}", field="inputs[PIXELS].shape")
             loaded, model = await call.control(self.servicer._model, request, call)
+            check_geometry(w, h, model.input_size, limits, "inputs[PIXELS]")  # aspect, upscale
+            release = self.ctx.pixels.reserve(count * h * w)  # the images' copies, until they are resized
+            call.on_end.append(release)
             data = pixels.data
 
             def decode():
@@ -250,27 +253,30 @@ class ClassifierAdapter(Adapter):
                 finally:
                     release()
         target = expect(req.inputs, "TARGET_CLASS", ("INT32", "INT64"), 1, required=False)
-        targets = None
+        targets: list[int | None] = [None] * count
         if target is not None:
             if target.shape[0] != count:
                 raise InvalidInput(f"input TARGET_CLASS has {target.shape[0]} entries for {count} images",
                                    field="inputs[TARGET_CLASS].shape")
-            targets = [self.servicer._check_class(model, int(t), "inputs[TARGET_CLASS]") for t in target.data]
+            targets = [int(t) for t in target.data]
+            for t in targets:
+                if not 0 <= t < model.num_classes:
+                    raise InvalidInput(f"input TARGET_CLASS: class {t} is out of range, the model has "
+                                       f"{model.num_classes} classes (0..{model.num_classes - 1})",
+                                       field="inputs[TARGET_CLASS]")
         classes = model.num_classes
-        limits = self.ctx.settings.image_limits
 
-        def work():
-            x = model.preprocess(decode(), limits=limits)  # (N, 3, S, S)
-            with torch.no_grad():
-                predictions = vis.classify(x, model, top_k=classes)
+        def work():  # the native Classify's and Saliency's domain calls, in one job slot
+            images = decode()
+            predictions = jobs.classify_images(model, images, ClassifyOptions(top_k=classes))
             probs = np.zeros((count, classes), dtype=np.float32)
             for n, preds in enumerate(predictions):
                 for p in preds:
                     probs[n, p.class_index] = p.probability
             maps = None
             if "SALIENCY" in wanted:
-                cls = targets if targets is not None else [int(i) for i in probs.argmax(1)]
-                maps = vis.saliency(x, cls, model, "vanilla", cancel=call.cancel).maps.float().cpu().numpy()
+                maps = np.stack([jobs.saliency_map(model, image, SaliencyOptions(target_class=t), call.cancel).saliency
+                                 for image, t in zip(images, targets, strict=True)])
             return probs, maps
 
         probs, maps = await call.run(work)
