@@ -206,7 +206,7 @@ def test_overlays_differ_as_documented():
     assert all(d["spec"]["replicas"] >= 2 for d in deployments.values())
     hpas, pdbs = of_kind(prod, "HorizontalPodAutoscaler"), of_kind(prod, "PodDisruptionBudget")
     assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} == set(deployments)
-    for name, d in deployments.items():
+    for d in deployments.values():
         labels = d["spec"]["template"]["metadata"]["labels"]
         (pdb,) = [p for p in pdbs.values() if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert pdb["spec"]["maxUnavailable"] == 1

@@ -30,7 +30,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt, RegistryConflict, RegistryUnavailable
+from pixelrpc.models.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    ModelCorrupt,
+    RegistryConflict,
+    RegistryUnavailable,
+)
 from pixelrpc.models.registry.manifest import (
     DEFAULT_FILE,
     FILE_PATTERN,
