@@ -177,6 +177,22 @@ class Nginx:
     def addr(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the master and its worker processes so far."""
+        pid = self.proc.pid
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        total = 0.0
+        for p in [str(pid), *kids]:
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                pass
+        return total
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -294,6 +310,7 @@ def chaos(mode: str, registry: str, log_dir: Path, clients: int, seconds: float)
                           "first_traffic_s_after_ready": round(first - ready_at, 1) if r.handled() else None}
         time.sleep(max(0.0, seconds - (time.monotonic() - load.t0)))
         load.finish()
+        nginx_cpu = nginx.cpu_seconds() if nginx else None
         per_replica = {f"{r.service}:{r.port}": r.handled() for r in vis + cap + list(spare.values())}
     finally:
         load.stop.set()
@@ -302,7 +319,9 @@ def chaos(mode: str, registry: str, log_dir: Path, clients: int, seconds: float)
         for r in vis + cap + list(spare.values()):
             r.stop()
     t0, end = load.t0, load.t_end
+    ok = sum(1 for x in load.samples if x.code == "OK")
     return {"mode": mode, "clients": clients, "seconds": round(end, 1),
+            "nginx_cpu_ms_per_request": round(1000 * nginx_cpu / max(1, ok), 3) if nginx else None,
             "replica_ready_s": [round(x, 1) for x in ready],
             "events": events, "replacement": took, "answered_by_replica_at_end": per_replica,
             "before": summarize(load.samples, t0, 0, at["kill"]),
@@ -366,7 +385,8 @@ def main() -> int:
         result = chaos(mode, registry, log_dir, a.clients, a.seconds)
         report[mode] = result
         failed += sum(result["total"]["errors"].values())
-        print(f"== {mode}: events {result['events']}", flush=True)
+        print(f"== {mode}: events {result['events']}; nginx CPU per request "
+              f"{result['nginx_cpu_ms_per_request']} ms", flush=True)
         for phase in ("before", "during", "after", "total"):
             print(f"   {phase:<7} {json.dumps(result[phase])}", flush=True)
         print(f"   replacement {json.dumps(result['replacement'])}", flush=True)
