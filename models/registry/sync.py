@@ -6,7 +6,8 @@ its own copy of the registry before the server starts: SRC is a mounted path, ``
 
 Nothing is trusted on the way: every manifest must be sealed (``Manifest.from_bytes``), every file is
 hashed while it streams and compared with its manifest entry, and before anything becomes visible
-the copy is checked once more by the registry's own ``Registry.verify`` over the staged folder.
+the staged copy is checked once more with the registry's own ``Registry.resolve`` (sealed manifest)
+and ``sha256_file`` (streaming, so memory stays flat for models of any size).
 Files are only ever copied and hashed, never deserialized (no unpickling, no torch.load).
 
 Atomicity: the whole copy is staged under ``DEST/.staging-sync-*`` (the registry ignores staging
@@ -44,6 +45,7 @@ from pixelrpc.models.registry.manifest import (
     NAME_PATTERN,
     VERSION_PATTERN,
     Manifest,
+    sha256_file,
     shown,
 )
 from pixelrpc.models.registry.store import (
@@ -188,6 +190,17 @@ def _existing(dest: Registry, v: _Version) -> str:
     return "same"
 
 
+def _verify_streaming(registry: Registry, manifest: Manifest) -> None:
+    """``Registry.verify`` without reading whole files into memory (an init container's memory limit
+    stays small for models of any size): size and the registry's ``sha256_file`` of every file."""
+    folder = registry.model_dir(manifest)
+    for entry in manifest.files:
+        path = folder / entry.name
+        if not path.is_file() or path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            raise ModelCorrupt(f"model {manifest.ref}: staged file {entry.name!r} does not match its manifest "
+                               "sha256 (changed while syncing?); nothing was synced")
+
+
 def sync_registry(source: str, dest: str | os.PathLike, *, names: Iterable[str] = (),
                   storage_options: Mapping | None = None,
                   progress: Callable[[str], None] | None = None) -> SyncReport:
@@ -220,8 +233,8 @@ def sync_registry(source: str, dest: str | os.PathLike, *, names: Iterable[str] 
             say(f"copied {m.ref} ({len(m.files)} files)")
             todo.append((v, state == "damaged"))
         staged = Registry(staging)
-        for v, _ in todo:  # the registry's own check over exactly what will be moved into place
-            staged.verify(staged.resolve(v.manifest.name, v.manifest.version))
+        for v, _ in todo:  # the registry's own checks over exactly what will be moved into place
+            _verify_streaming(staged, staged.resolve(v.manifest.name, v.manifest.version))
         for v, replace in todo:
             m = v.manifest
             (dest_root / m.name).mkdir(exist_ok=True)
