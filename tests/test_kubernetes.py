@@ -217,3 +217,16 @@ def test_overlays_differ_as_documented():
     assert grpc_ports <= admitted
     for rule in policy["spec"]["ingress"]:
         assert all("namespaceSelector" in src and "ipBlock" not in src for src in rule["from"])
+
+
+def test_images_carry_the_package_version():
+    """Kubernetes and docker-compose name the one image alike: pixelrpc:<pyproject version>."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for overlay in OVERLAYS:
+        for _owner, pod in pod_specs(render(overlay)):
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                assert c["image"] == f"pixelrpc:{version}", c["image"]
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert f"${{PIXELRPC_IMAGE:-pixelrpc:{version}}}" in compose
