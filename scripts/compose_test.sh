@@ -275,9 +275,9 @@ print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
             "http://127.0.0.1:9090/api/v1/targets?state=active" 2> /dev/null || true)
         if [[ -n $body ]] && "$PY" -c 'import json, sys
 targets = json.loads(sys.argv[1])["data"]["activeTargets"]
-up = sorted(t["labels"]["service"] for t in targets if t["health"] == "up")
-print("prometheus targets up:", up, file=sys.stderr)
-sys.exit(0 if up == ["captioning", "style", "visualization"] else 1)' "$body"; then
+up = sorted(t["labels"]["instance"].rsplit(":", 1)[1] for t in targets if t["health"] == "up")
+print("prometheus targets up (metrics ports):", up, file=sys.stderr)
+sys.exit(0 if up == ["9101", "9102", "9103"] else 1)' "$body"; then
             "$PY" -c 'import json, sys, urllib.request
 r = json.loads(urllib.request.urlopen(sys.argv[1], timeout=5).read())
 assert r["data"]["result"], "no pixelrpc_service_ready samples"

@@ -81,10 +81,14 @@ def test_healthchecks_mean_ready_to_serve(config):
 
 def test_prometheus_scrapes_the_three(config):
     prom = config["services"]["prometheus"]
-    mounted = [str(v) for v in prom["volumes"] if "prometheus.yml" in str(v)]
-    assert len(mounted) == 1
-    source = mounted[0].split(":")[0]
-    scrape = yaml.safe_load(Path(source).read_text())
+    mounts = dict(reversed(str(v).split(":")[:2]) for v in prom["volumes"])  # container path -> source
+    if "/etc/prometheus/prometheus.yml" in mounts:  # the host-network variant, over the folder
+        source = Path(mounts["/etc/prometheus/prometheus.yml"])
+    else:
+        source = Path(mounts["/etc/prometheus"]) / "prometheus.yml"
+    assert Path(mounts["/etc/prometheus"]) == ROOT / "deploy" / "prometheus"  # rules.yml beside it
+    scrape = yaml.safe_load(source.read_text())
+    assert scrape["rule_files"] == ["rules.yml"]
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     ports = {int(config["services"][n]["environment"]["PIXELRPC_METRICS_PORT"]) for n in SERVERS}
     assert {int(t.rsplit(":", 1)[1]) for t in targets} == ports
