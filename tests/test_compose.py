@@ -94,3 +94,16 @@ def test_prometheus_scrapes_the_three(config):
     assert {int(t.rsplit(":", 1)[1]) for t in targets} == ports
     host_mode = prom.get("network_mode") == "host"
     assert all(t.startswith("127.0.0.1:") == host_mode for t in targets)
+
+
+def test_build_context_holds_every_package_folder():
+    """.dockerignore is a whitelist: a package folder missing from it breaks the image build (pip cannot
+    find the package directory), which only `make compose-test` would otherwise notice."""
+    import tomllib
+
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    allowed = {line[1:].strip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    for package, folder in package_dirs.items():
+        top = folder.split("/")[0]
+        assert top in allowed, f"{package} lives in {folder}/, which .dockerignore keeps out of the image"
