@@ -11,7 +11,7 @@ from pixelrpc.clients.cli.common import CliError, emit_json, json_option
 # Modules that add sources to ``models import`` (register_import(group)) and other model commands
 # (register_models(group)); each service issue adds its own.
 IMPORT_MODULES = ["pixelrpc.clients.cli.models_import"]
-EXTRA_MODULES = ["pixelrpc.clients.cli.bootstrap"]
+EXTRA_MODULES = ["pixelrpc.clients.cli.bootstrap", "pixelrpc.clients.cli.models_sync"]
 
 registry_option = click.option("--registry", default=None, metavar="DIR",
                                help="registry folder (env PIXELRPC_REGISTRY, default ~/.cache/pixelrpc/registry)")
