@@ -25,7 +25,13 @@ from PIL import Image, ImageDraw
 
 from pixelrpc.services.server import create_server
 from pixelrpc.services.settings import DEFAULT_HTTP_PORTS, Settings
-from pixelrpc.v1 import captioning_pb2, captioning_pb2_grpc, common_pb2, visualization_pb2, visualization_pb2_grpc
+from pixelrpc.v1 import (
+    captioning_pb2,
+    captioning_pb2_grpc,
+    common_pb2,
+    visualization_pb2,
+    visualization_pb2_grpc,
+)
 
 http = pytest.importorskip("tritonclient.http")
 pytestmark = pytest.mark.timeout(240)

@@ -43,7 +43,8 @@ def serve_command(service, host, port, registry, metrics_port, http_port, device
     if service == "all":
         env.pop("PIXELRPC_PORT", None)
         env.pop("PIXELRPC_METRICS_PORT", None)
-        env.pop("PIXELRPC_HTTP_PORT", None)
+        if env.get("PIXELRPC_HTTP_PORT") != "-1":  # -1 (off) applies to all; a port to one
+            env.pop("PIXELRPC_HTTP_PORT", None)
     plans = []
     for name in names:
         settings = Settings.from_env(env, service=name, host=host, port=port, registry=registry,
