@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -230,6 +232,26 @@ def test_connect_streaming_envelopes(served):
     assert status == 200 and body[0] == 2 and json.loads(body[5:])["error"]["code"] == "invalid_argument"
     status, _, body = post(f"http://{served.http}/pixelrpc.v1.VisualizationService/ClassVisualization", bad)
     assert status == 400 and json.loads(body)["code"] == "invalid_argument"  # NDJSON: failed before streaming
+
+
+def test_a_client_that_hangs_up_cancels_the_streaming_job(served):
+    """An NDJSON stream whose client disconnects is cancelled like a gRPC cancel: CANCELLED, slot freed."""
+    metrics = served.server.contexts["visualization"].metrics
+    labels = {"service": "visualization", "method": "ClassVisualization", "code": "CANCELLED"}
+    before = metrics.registry.get_sample_value("pixelrpc_requests_total", labels) or 0
+    body = json.dumps({"targetClass": 1, "numIterations": 1000, "size": 64, "showEvery": 1}).encode()
+    with socket.create_connection(("127.0.0.1", served.server.http_port), timeout=60) as conn:
+        conn.sendall(b"POST /pixelrpc.v1.VisualizationService/ClassVisualization HTTP/1.1\r\nHost: t\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")  # streaming has begun
+    deadline = time.monotonic() + 30
+    while (metrics.registry.get_sample_value("pixelrpc_requests_total", labels) or 0) <= before:
+        assert time.monotonic() < deadline, "the job was not cancelled after the client hung up"
+        time.sleep(0.05)
+    jobs = served.server.contexts["visualization"].jobs
+    while jobs.running:  # the step already running in the worker finishes, then the slot is freed
+        assert time.monotonic() < deadline, "the cancelled job still holds its slot"
+        time.sleep(0.05)
 
 
 def test_requests_are_counted_in_the_metrics(served):
