@@ -75,7 +75,9 @@ class HttpFront:
     async def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` (0: a free port), start serving on this loop; returns the bound port."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP. Without
+        # it a keep-alive request waited 40 ms (Nagle holding the body behind the headers' delayed ACK).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
