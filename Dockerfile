@@ -33,7 +33,7 @@ ENV PATH=/opt/pixelrpc/venv/bin:$PATH \
     PIXELRPC_PORT=50051
 LABEL org.opencontainers.image.title="pixelrpc" \
       org.opencontainers.image.description="gRPC services for CS231n captioning, network visualization and style transfer"
-EXPOSE 50051 50052 50053 9101 9102 9103
+EXPOSE 50051 50052 50053 9101 9102 9103 8081 8082 8083
 # The standard gRPC health service, asked through the CLI on the port this container serves.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=120s --retries=4 \
     CMD pixelrpc health --addr "127.0.0.1:${PIXELRPC_PORT}" --timeout 5 || exit 1

@@ -62,7 +62,7 @@ def rss_mib(pid: int) -> float:
 def start_server(registry: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "PIXELRPC_DEVICE": os.environ.get("PIXELRPC_DEVICE", "cpu"), "PIXELRPC_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "captioning", "--port", str(port),
-                             "--registry", registry, "--metrics-port", "0"], env=env,
+                             "--registry", registry, "--metrics-port", "0", "--http-port", "-1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     from pixelrpc.clients.captioning import CaptioningClient
 

@@ -208,7 +208,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         env = {**os.environ, "PIXELRPC_REGISTRY": registry, "PIXELRPC_HOST": "127.0.0.1",
-               "PIXELRPC_PORT": str(self.port), "PIXELRPC_METRICS_PORT": "0", "PIXELRPC_DEVICE": device,
+               "PIXELRPC_PORT": str(self.port), "PIXELRPC_METRICS_PORT": "0", "PIXELRPC_HTTP_PORT": "-1", "PIXELRPC_DEVICE": device,
                "PIXELRPC_TORCH_THREADS": str(threads), "PIXELRPC_LOG_LEVEL": "WARNING",
                "PIXELRPC_SHUTDOWN_DELAY": "0", "PIXELRPC_MAX_ITERATIONS": "10000", **extra_env}
         self.proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "visualization"],

@@ -97,7 +97,8 @@ def start_suite(registry: str | os.PathLike, log_dir: str | os.PathLike, *,
     for name in services:
         port = (ports or {}).get(name) or free_port()
         env = {**os.environ, "PIXELRPC_REGISTRY": str(registry), "PIXELRPC_HOST": "127.0.0.1",
-               "PIXELRPC_PORT": str(port), "PIXELRPC_METRICS_PORT": "0", **(extra_env or {})}
+               "PIXELRPC_PORT": str(port), "PIXELRPC_METRICS_PORT": "0",
+               "PIXELRPC_HTTP_PORT": "-1", **(extra_env or {})}
         log_path = log_dir / f"{name}.log"
         log_file = open(log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
         proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", name],

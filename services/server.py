@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from pixelrpc.models.errors import PixelRPCError
 from pixelrpc.models.registry import ModelCache, Registry, parse_ref
 from pixelrpc.services import registry_service, server_info, tracing
+from pixelrpc.services.http.handlers import HandlerRecorder
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
@@ -91,6 +92,10 @@ class PixelServer:
         self._ready: dict[str, bool] = {}
         self._not_ready: dict[str, str] = {}
         self._registry_status = None
+        self.handlers: dict = {}  # "/pkg.Service/Method" -> grpc method handler (the HTTP front calls them)
+        self.http = None  # services/http/: KServe V2 REST + the native API as JSON, when http_port >= 0
+        self.http_port: int | None = None
+        self.shutting_down = False
 
     @property
     def address(self) -> str:
@@ -116,6 +121,7 @@ class PixelServer:
             if self.settings.metrics_port > 0:
                 self._metrics_http, self.metrics_port = self._metrics().serve_http(
                     self.settings.metrics_port, self.settings.host)
+            await self._start_http()
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
             await self._check_registry()
             await self._preload()
@@ -128,10 +134,31 @@ class PixelServer:
         log.info("serving %s on %s%s", ", ".join(self.service_names), self.address,
                  f" (metrics on :{self.metrics_port})" if self.metrics_port else "")
 
+    # ---- HTTP front (services/http/): same process, same event loop, same contexts
+    async def _start_http(self) -> None:
+        if self.settings.http_port < 0:
+            return
+        from pixelrpc.services.http.app import HttpFront
+
+        self.http = HttpFront(self)
+        self.http_port = await self.http.start(self.settings.host, self.settings.http_port)
+
+    @property
+    def ready(self) -> bool:
+        """Every service of this server is ready (its health is SERVING) and it is not shutting down."""
+        return not self.shutting_down and all(self._ready.get(s, False) for s in self.contexts
+                                              if FULL_NAMES[s] in self.service_names)
+
+    async def _stop_http(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+
     def _metrics(self) -> Metrics:
         return next(iter(self.contexts.values())).metrics
 
     async def _abort(self) -> None:
+        await self._stop_http()
         await self.grpc_server.stop(0)
         for ctx in self.contexts.values():
             ctx.jobs.shutdown()
@@ -261,12 +288,14 @@ class PixelServer:
         """Announce NOT_SERVING, give load balancers ``shutdown_delay``, then drain for ``grace``."""
         if self._stopped.is_set():
             return
+        self.shutting_down = True
         await self.health.enter_graceful_shutdown()
         if self.settings.shutdown_delay > 0:
             await asyncio.sleep(self.settings.shutdown_delay)
         if self._watcher is not None:
             self._watcher.cancel()
-        await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await asyncio.gather(self.grpc_server.stop(grace), self._stop_http())
         for ctx in self.contexts.values():
             ctx.jobs.shutdown()
         if self._metrics_http is not None:
@@ -340,6 +369,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     contexts: dict[str, ServiceContext] = {}
     modules: dict[str, object] = {}
     served = [registry_service.SERVICE_NAME, server_info.SERVICE_NAME]
+    recorder = HandlerRecorder(server)  # keeps the method handlers for the HTTP front
     pixels = PixelBudget(settings.max_pixels_in_flight)  # one decoded-pixel budget per server
     # One torch executor per process (worker_threads threads, default 1), shared by its services:
     # see JobRunner. Each service keeps its own slots and queue.
@@ -364,7 +394,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
                              pixels=pixels, tracer=tracer)
         contexts[name] = ctx
         if module is not None:
-            module.add_to_server(server, ctx)
+            module.add_to_server(recorder, ctx)
             served.append(module.SERVICE_NAME)
     if not contexts:
         raise ValueError("create_server needs at least one service")
@@ -372,8 +402,8 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     if len(contexts) > 1:  # one process serving several services lists the union of their tasks
         first = ServiceContext(**{**first.__dict__, "tasks": tuple(t for c in contexts.values() for t in c.tasks)})
     first.state[CACHES_KEY] = [c.cache for c in contexts.values()]
-    registry_service.add_to_server(server, first)
-    server_info.add_to_server(server, first)
+    registry_service.add_to_server(recorder, first)
+    server_info.add_to_server(recorder, first)
     # The Open Inference Protocol (KServe V2 / Triton gRPC) on the same port, over the same contexts.
     from pixelrpc.services import oip
 
@@ -391,6 +421,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     if port == 0:
         raise OSError(f"could not bind {target}")
     pixel = PixelServer(server, port, settings, health_servicer, contexts, modules, health_names)
+    pixel.handlers = recorder.handlers
     if configure is not None:
         configure(pixel)
     return pixel, port

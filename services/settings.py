@@ -2,7 +2,7 @@
 
 Every field can be set through the environment as ``PIXELRPC_<FIELD>`` (upper case), e.g.
 ``PIXELRPC_QUEUE_DEPTH=32``. In ``pixelrpc serve all`` the per-service ports come from
-``PIXELRPC_<SERVICE>_PORT`` and ``PIXELRPC_<SERVICE>_METRICS_PORT``.
+``PIXELRPC_<SERVICE>_PORT``, ``PIXELRPC_<SERVICE>_METRICS_PORT`` and ``PIXELRPC_<SERVICE>_HTTP_PORT``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ MIB = 1024 * 1024
 
 DEFAULT_PORTS = {"captioning": 50051, "visualization": 50052, "style": 50053}
 DEFAULT_METRICS_PORTS = {"captioning": 9101, "visualization": 9102, "style": 9103}
+# HTTP (KServe V2 REST and the native API as JSON, services/http/): -1 off, 0 any free port.
+DEFAULT_HTTP_PORTS = {"captioning": 8081, "visualization": 8082, "style": 8083}
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -112,6 +114,10 @@ class Settings:
     #: Prometheus `/metrics` port; -1: the service's default (9101 / 9102 / 9103; in `serve all`:
     #: `PIXELRPC_<SERVICE>_METRICS_PORT`), 0: off.
     metrics_port: int = -1  # -1: the service's default port, 0: off
+    #: HTTP port (KServe V2 REST and the native API as JSON, docs/http.md): -1 off, 0 a free port;
+    #: `from_env(service=...)` takes the service's default (8081 / 8082 / 8083) unless
+    #: `PIXELRPC_HTTP_PORT` or `pixelrpc serve --http-port` sets it.
+    http_port: int = -1
     #: Serve TLS with this certificate (PEM path); needs `tls_key`. Empty: plaintext.
     tls_cert: str = ""
     #: The TLS certificate's private key (PEM path).
@@ -201,7 +207,7 @@ class Settings:
                 values[f.name] = _coerce(f, raw)
         if service:
             key = service.upper()
-            for name in ("port", "metrics_port"):
+            for name in ("port", "metrics_port", "http_port"):
                 raw = env.get(f"PIXELRPC_{key}_{name.upper()}")
                 if raw:
                     values[name] = int(raw)
@@ -214,6 +220,8 @@ class Settings:
                 settings.port = DEFAULT_PORTS[service]
             if settings.metrics_port == -1:
                 settings.metrics_port = DEFAULT_METRICS_PORTS[service]
+            if "http_port" not in values:
+                settings.http_port = DEFAULT_HTTP_PORTS[service]
         elif settings.metrics_port == -1:
             settings.metrics_port = 0
         return settings

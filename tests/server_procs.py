@@ -44,7 +44,7 @@ def base_env(registry: str | os.PathLike) -> dict[str, str]:
     """A quiet, small server: one torch thread, CPU, no metrics port, short shutdown delay."""
     return {
         "PIXELRPC_REGISTRY": str(registry), "PIXELRPC_HOST": "127.0.0.1", "PIXELRPC_DEVICE": "cpu",
-        "PIXELRPC_METRICS_PORT": "0", "PIXELRPC_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
+        "PIXELRPC_METRICS_PORT": "0", "PIXELRPC_HTTP_PORT": "-1", "PIXELRPC_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PIXELRPC_WORKER_THREADS": "2",
         "PIXELRPC_SHUTDOWN_DELAY": "0", "PYTHONUNBUFFERED": "1",
     }

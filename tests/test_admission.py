@@ -197,6 +197,7 @@ def served(quick_bootstrap, tmp_path_factory):
     for name, port in ports.items():
         env[f"PIXELRPC_{name.upper()}_PORT"] = str(port)
         env[f"PIXELRPC_{name.upper()}_METRICS_PORT"] = "0"
+        env[f"PIXELRPC_{name.upper()}_HTTP_PORT"] = "-1"
     log_path = tmp_path_factory.mktemp("admission") / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "all"],

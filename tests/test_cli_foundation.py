@@ -85,7 +85,8 @@ def test_serve_all_runs_three_services_in_one_process(registry, tmp_path):
     ports = {s: free_port() for s in ("captioning", "visualization", "style")}
     env = {**os.environ, "PIXELRPC_REGISTRY": str(registry.root), "PIXELRPC_METRICS_PORT": "0",
            **{f"PIXELRPC_{s.upper()}_PORT": str(p) for s, p in ports.items()},
-           **{f"PIXELRPC_{s.upper()}_METRICS_PORT": "0" for s in ports}}
+           **{f"PIXELRPC_{s.upper()}_METRICS_PORT": "0" for s in ports},
+           **{f"PIXELRPC_{s.upper()}_HTTP_PORT": "-1" for s in ports}}
     proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "all"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
