@@ -29,7 +29,7 @@ RETRY_SERVICE_CONFIG = {
             "pixelrpc.v1.StyleTransferService", "pixelrpc.v1.ModelRegistry", "pixelrpc.v1.ServerInfo",
             "grpc.health.v1.Health")],
         "retryPolicy": {
-            "maxAttempts": 4,
+            "maxAttempts": 5,  # gRPC's cap: retries over 0.1 + 0.2 + 0.4 + 0.8 s outlast one reconnect backoff
             "initialBackoff": "0.1s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2,
@@ -37,6 +37,30 @@ RETRY_SERVICE_CONFIG = {
         },
     }],
 }
+
+
+_propagate = None  # opentelemetry.propagate once looked up; False when opentelemetry is not installed
+
+
+def trace_metadata() -> list[tuple[str, str]]:
+    """W3C ``traceparent`` / ``tracestate`` of the current OpenTelemetry span, for gRPC metadata.
+
+    Tracing is optional for the client: without opentelemetry installed, or outside a recording span,
+    this is empty and costs a global lookup. The propagators are the process's (``OTEL_PROPAGATORS``,
+    default W3C trace context and baggage).
+    """
+    global _propagate
+    if _propagate is None:
+        try:
+            from opentelemetry import propagate
+        except ImportError:
+            propagate = False
+        _propagate = propagate
+    if not _propagate:
+        return []
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return list(carrier.items())
 
 
 def image_pb(image: ImageInput) -> common_pb2.Image:
@@ -112,6 +136,11 @@ def channel_options(max_message_bytes: int, tls: TLSConfig | None) -> list[tuple
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
         ("grpc.enable_retries", 1),
+        # A replica that restarts takes traffic within a second: reconnect attempts back off from
+        # 0.1 s to at most 1 s (gRPC's default grows to 120 s, so a client could miss a restart
+        # for minutes, and its retries fail fast while the channel waits).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if tls is not None and tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -134,6 +163,7 @@ class _Base:
             md.append(("authorization", f"Bearer {self.token}"))
         if request_id:
             md.append(("x-request-id", request_id))
+        md.extend(trace_metadata())
         return md
 
 

@@ -48,10 +48,19 @@ class ServiceContext:
     _model_calls: dict = field(default_factory=dict, repr=False)
     _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     pixels: PixelBudget | None = None  # server-wide decoded pixels in flight (shared by a server's services)
+    tracer: Any = None  # an OpenTelemetry tracer when tracing is on (services/tracing.py), else None
+    # Work waiting elsewhere than the job queue, e.g. captions waiting for a batch: callables -> count.
+    pending_sources: list[Callable[[], int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.pixels is None:
             self.pixels = PixelBudget(self.settings.max_pixels_in_flight)
+        self.metrics.watch_queue(self.name, self.pending, self.settings.queue_depth)
+
+    def pending(self) -> int:
+        """Work waiting now: calls queued for a job slot, admitted work waiting to take one again, and
+        whatever ``pending_sources`` report (the ``pixelrpc_queue_pending`` gauge)."""
+        return self.jobs._waiting + self.jobs.rejoining + sum(source() for source in self.pending_sources)
 
     @property
     def device(self) -> str:
@@ -152,13 +161,13 @@ class ServiceContext:
     def _apply_model_serving(self, loaded: LoadedModel, call: Call) -> None:
         """Per-model limits from the manifest's ``serving`` section: ``max_concurrency`` (calls beyond it
         get RESOURCE_EXHAUSTED) and ``timeout_s`` (caps the call's deadline)."""
-        serving = loaded.manifest.metadata.get("serving") or {}
-        timeout = float(serving.get("timeout_s") or 0)
+        serving = loaded.serving
+        timeout = serving.timeout_s
         if timeout > 0:
             limit_at = time.monotonic() + timeout
             if call.cancel.deadline is None or limit_at < call.cancel.deadline:
                 call.cancel.deadline = limit_at
-        limit = int(serving.get("max_concurrency") or 0)
+        limit = serving.max_concurrency
         if limit <= 0:
             return
         ref = loaded.manifest.ref
@@ -177,8 +186,4 @@ class ServiceContext:
 
     def serving_config(self, loaded: LoadedModel, key: str, default: Any) -> Any:
         """A per-model serving setting: explicit service setting > manifest ``serving`` > default."""
-        explicit = getattr(self.settings, key, None)
-        if isinstance(explicit, int | float) and not isinstance(explicit, bool) and explicit > 0:
-            return explicit
-        serving = loaded.manifest.metadata.get("serving") or {}
-        return serving.get(key, default)
+        return loaded.serving.setting(key, getattr(self.settings, key, None), default)

@@ -8,6 +8,7 @@ thread, and the server-wide budget of decoded pixels under which images are admi
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import threading
 import time
@@ -134,7 +135,7 @@ def compute_runner(executor: ThreadPoolExecutor) -> Callable[[Callable[[], T]], 
     def run(fn: Callable[[], T]) -> T:
         if getattr(_compute_thread, "active", False):
             return fn()
-        return executor.submit(fn).result()
+        return executor.submit(contextvars.copy_context().run, fn).result()  # the caller's trace context
 
     return run
 

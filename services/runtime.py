@@ -11,6 +11,7 @@ job runner and the decoded-pixel budget in ``services/jobs.py`` (their names are
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import itertools
@@ -27,6 +28,7 @@ import grpc
 from pixelrpc.models.errors import CancelToken, Overloaded, PixelRPCError
 from pixelrpc.models.imaging import WorkingPlan
 from pixelrpc.models.registry import LoadedModel
+from pixelrpc.services import tracing
 from pixelrpc.services.context import LAST_DEFAULT_KEY, Planner, ServiceContext  # noqa: F401 - re-exported
 from pixelrpc.services.errors import REQUEST_ID_KEY, abort, status_code_for
 from pixelrpc.services.jobs import (  # noqa: F401 - re-exported
@@ -38,6 +40,7 @@ from pixelrpc.services.jobs import (  # noqa: F401 - re-exported
     torch_executor,
     trim_heap,
 )
+from pixelrpc.services.metrics import split_ref
 from pixelrpc.services.streaming import SlotLease, send_stream
 from pixelrpc.v1 import common_pb2
 
@@ -71,6 +74,7 @@ class Call:
         self.model_choice = ""  # set when the server chose the model (the request named none)
         self.status = grpc.StatusCode.OK
         self.on_end: list[Callable[[], None]] = []
+        self.trace = None  # (span, token) of the RPC's span when tracing is on
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run blocking work in the bounded executor; one job slot for its duration.
@@ -157,16 +161,17 @@ class Call:
         """Run ``fn(*args)`` in a worker; ``pending`` receives the future (the step that may outlive a cancel)."""
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        future = loop.run_in_executor(self.ctx.jobs.executor, fn, *args)
-        if pending is not None:
-            pending[:] = [future]
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            self.cancel.cancel("the call was cancelled")
-            raise
-        finally:
-            self.compute_ms += (time.perf_counter() - start) * 1000.0
+        with tracing.span(self.ctx.tracer, tracing.step_name(fn, self.method), {tracing.REQUEST_ID_ATTR: self.request_id}):
+            future = loop.run_in_executor(self.ctx.jobs.executor, contextvars.copy_context().run, fn, *args)
+            if pending is not None:
+                pending[:] = [future]
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                self.cancel.cancel("the call was cancelled")
+                raise
+            finally:
+                self.compute_ms += (time.perf_counter() - start) * 1000.0
 
     async def control(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run short blocking work (registry reads, model resolution, image headers) without a job slot.
@@ -177,7 +182,8 @@ class Call:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            return await loop.run_in_executor(self.ctx.jobs.control, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(self.ctx.jobs.control, functools.partial(
+                contextvars.copy_context().run, fn, *args, **kwargs))  # model loads join the call's trace
         finally:
             self.compute_ms += (time.perf_counter() - start) * 1000.0
 
@@ -222,6 +228,7 @@ class Call:
     def _account_queue(self, seconds: float) -> None:
         self.queue_ms += seconds * 1000.0
         self.ctx.metrics.queue_time.labels(self.ctx.name).observe(seconds)
+        tracing.record(self.ctx.tracer, "queue wait", seconds, {tracing.REQUEST_ID_ATTR: self.request_id})
 
     def meta(self, loaded: LoadedModel | None = None, seed: int | None = None,
              choice: str = "") -> common_pb2.ResponseMeta:
@@ -294,6 +301,8 @@ def rpc(method):
         call = Call(ctx, context, name)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         ctx.metrics.in_flight.labels(ctx.name).inc()
+        if ctx.tracer is not None:
+            call.trace = tracing.start_rpc(ctx.tracer, context, tracing.service_name(self), name, call.request_id)
         return call, time.perf_counter()
 
     def _end(self, call: Call, started: float) -> None:
@@ -305,8 +314,11 @@ def rpc(method):
         if call.status == grpc.StatusCode.CANCELLED and call.deadline_passed():
             call.status = grpc.StatusCode.DEADLINE_EXCEEDED  # e.g. a stream closed by grpc at the deadline
         code = call.status
-        ctx.metrics.requests.labels(ctx.name, name, code.name).inc()
-        ctx.metrics.latency.labels(ctx.name, name).observe(seconds)
+        model, version = split_ref(call.model)
+        ctx.metrics.requests.labels(ctx.name, name, code.name, model, version).inc()
+        ctx.metrics.latency.labels(ctx.name, name, model, version).observe(seconds)
+        ctx.metrics.compute.labels(ctx.name, name, model, version).observe(call.compute_ms / 1000.0)
+        tracing.end_rpc(call.trace, code.name, code.value[0], call.model)
         record = {"service": ctx.name, "method": name, "code": code.name, "request_id": call.request_id,
                   "ms": round(seconds * 1000, 2), "queue_ms": round(call.queue_ms, 2),
                   "compute_ms": round(call.compute_ms, 2), "peer": call.peer, "model": call.model}

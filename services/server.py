@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pixelrpc.models.errors import PixelRPCError
 from pixelrpc.models.registry import ModelCache, Registry, parse_ref
-from pixelrpc.services import registry_service, server_info
+from pixelrpc.services import registry_service, server_info, tracing
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
@@ -332,6 +332,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     interceptors.append(ParseInterceptor())
     server = grpc.aio.server(options=options, interceptors=interceptors)
     metrics = Metrics()
+    tracer = tracing.tracer_for(settings.tracing)  # None unless tracing is on (docs/observability.md)
     device = settings.resolved_device()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -351,7 +352,8 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
         cache = ModelCache(registry, max_models=settings.model_cache_size,
                            refresh_seconds=settings.registry_refresh_seconds, device=device,
                            device_is_explicit=bool(settings.device),
-                           on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s),
+                           on_load=lambda m, s: (metrics.model_load.labels(m.ref).observe(s), tracing.record(
+                               tracer, "model load", s, {tracing.MODEL_ATTR: m.ref})),
                            on_golden=lambda m, r: (metrics.golden_failures.labels(m.ref).inc()
                                                    if r.state == "failed" else None),
                            compute=compute_runner(executor))
@@ -359,7 +361,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
                          executor=executor)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,
                              metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served,
-                             pixels=pixels)
+                             pixels=pixels, tracer=tracer)
         contexts[name] = ctx
         if module is not None:
             module.add_to_server(server, ctx)
