@@ -3,51 +3,44 @@
 A servicer method is thin (MLServer's layering): it converts the request, calls a domain function
 through ``call.run`` or ``call.steps`` (bounded executor, queue depth, cancellation), and converts the
 result. ``@rpc`` gives every method the same request id, access log line, metrics and error mapping.
+
+``Call`` and ``@rpc`` live here; the ``ServiceContext`` they stand on in ``services/context.py``, the
+job runner and the decoded-pixel budget in ``services/jobs.py`` (their names are re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import ctypes
 import functools
 import inspect
 import itertools
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 
-from pixelrpc.models.errors import (
-    CancelToken,
-    InvalidInput,
-    LimitExceeded,
-    Overloaded,
-    PixelRPCError,
-    RegistryUnavailable,
-)
-from pixelrpc.models.imaging import (
-    ImageHeader,
-    ImageLimits,
-    WorkingPlan,
-    check_request,
-    decode_image,
-    decode_working,
-    read_header,
-)
-from pixelrpc.models.registry import LoadedModel, ModelCache, Registry
+from pixelrpc.models.errors import CancelToken, Overloaded, PixelRPCError
+from pixelrpc.models.imaging import WorkingPlan
+from pixelrpc.models.registry import LoadedModel
 from pixelrpc.services import tracing
+from pixelrpc.services.context import LAST_DEFAULT_KEY, Planner, ServiceContext  # noqa: F401 - re-exported
 from pixelrpc.services.errors import REQUEST_ID_KEY, abort, status_code_for
-from pixelrpc.services.metrics import Metrics, split_ref
-from pixelrpc.services.settings import Settings
+from pixelrpc.services.jobs import (  # noqa: F401 - re-exported
+    TRIM_AFTER_PIXELS,
+    ImageAdmission,
+    JobRunner,
+    PixelBudget,
+    compute_runner,
+    torch_executor,
+    trim_heap,
+)
+from pixelrpc.services.metrics import split_ref
 from pixelrpc.services.streaming import SlotLease, send_stream
 from pixelrpc.v1 import common_pb2
 
@@ -55,368 +48,8 @@ log = logging.getLogger("pixelrpc.server")
 access_log = logging.getLogger("pixelrpc.access")
 T = TypeVar("T")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-LAST_DEFAULT_KEY = "last_default"  # ServiceContext.state: task -> the (name, reason) last chosen
 # A handler cancelled this close to (or after) the client's deadline was cancelled by the deadline.
 DEADLINE_SLACK_S = 0.05
-# After decoding an image of this many decoded pixels (16 MB), free heap pages go back to the OS.
-TRIM_AFTER_PIXELS = 4_000_000
-# How one image becomes what a job works on: (header, limits) -> WorkingPlan, e.g. ImageModel.plan_input.
-Planner = Callable[[ImageHeader, ImageLimits], WorkingPlan]
-
-
-class JobRunner:
-    """A bounded executor: ``max_concurrency`` jobs run, ``queue_depth`` more may wait, the rest are refused.
-
-    Beside it, a small ``control`` executor runs the short blocking work every call needs before (or
-    instead of) a job: registry reads, model resolution, image headers. It takes no job slot, so
-    ListModels, GetModel, DescribeImage and the admission of new work never wait behind inference.
-
-    Slots and threads are separate: ``max_concurrency`` jobs are admitted at once, but their steps
-    run on ``executor``, ``threads`` threads (default one: the torch thread). Torch work from two
-    threads at once makes two OpenMP pools spin against each other on the same cores (a SqueezeNet
-    forward went from 7.5 ms to 13-15 ms on 2 cores), so a process runs its torch work on one
-    thread whose intra-op pool has the CPUs (``torch_threads``); admitted jobs take turns step by
-    step. ``executor`` may be shared by the services of one process (``create_server`` does so).
-    """
-
-    def __init__(self, max_concurrency: int, queue_depth: int, threads: int = 1, name: str = "jobs",
-                 control_threads: int = 4, executor: ThreadPoolExecutor | None = None):
-        self.max_concurrency = max(1, max_concurrency)
-        self.queue_depth = max(0, queue_depth)
-        self.executor = executor or torch_executor(threads, name)
-        self.compute = compute_runner(self.executor)  # blocking: fn() on the torch thread
-        self.control = ThreadPoolExecutor(max_workers=max(1, control_threads),
-                                          thread_name_prefix=f"{name}-control")
-        self._semaphore: asyncio.Semaphore | None = None
-        self._waiting = 0
-        self.running = 0
-        self.parked = 0  # streaming jobs that gave their slot back while they wait for their client
-        self.rejoining = 0  # admitted jobs waiting to take a slot again (not counted against queue_depth)
-
-    def _sem(self) -> asyncio.Semaphore:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.max_concurrency)
-        return self._semaphore
-
-    async def acquire(self, account: Callable[[float], None] | None = None, *, admitted: bool = False) -> float:
-        """Wait for a slot; returns the seconds waited. Raises Overloaded when the queue is full.
-
-        ``account(seconds)`` receives the wait however it ends: granted, or cancelled in the queue
-        (the caller went away or its deadline passed), so the access log and the queue metric report
-        the real wait of calls that never ran. ``admitted`` work (``reacquire``) is never refused.
-        """
-        sem = self._sem()
-        if not admitted and sem.locked() and self._waiting >= self.queue_depth:
-            raise Overloaded(
-                f"server busy: {self.running} jobs running and {self._waiting} queued "
-                f"(max_concurrency={self.max_concurrency}, queue_depth={self.queue_depth}); retry later"
-            )
-        counter = "rejoining" if admitted else "_waiting"
-        start = time.perf_counter()
-        setattr(self, counter, getattr(self, counter) + 1)
-        try:
-            await sem.acquire()
-        finally:
-            setattr(self, counter, getattr(self, counter) - 1)
-            waited = time.perf_counter() - start
-            if account is not None:
-                account(waited)
-        self.running += 1
-        return waited
-
-    def release(self) -> None:
-        self.running -= 1
-        self._sem().release()
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.control.shutdown(wait=False, cancel_futures=True)
-
-    # ---- streams: slots of jobs already admitted (services/streaming.py)
-    async def reacquire(self) -> float:
-        """Take a slot for work that was already admitted (a stream resuming, a stream's lane, the
-        caption batcher): wait in line like everyone, never refused. Returns the seconds waited.
-
-        Such work is not counted against ``queue_depth``: it was admitted once, and refusing it now
-        would fail a request half done; its number is bounded by the calls and streams admitted.
-        """
-        return await self.acquire(admitted=True)
-
-    @property
-    def contended(self) -> bool:
-        """Someone waits for a slot: work that holds one across many small jobs should hand it over."""
-        return self._waiting > 0 or self.rejoining > 0
-
-
-_compute_thread = threading.local()
-
-
-def torch_executor(threads: int = 1, name: str = "torch") -> ThreadPoolExecutor:
-    """The executor that runs a process's jobs (torch work): ``threads`` threads, at least one."""
-    return ThreadPoolExecutor(max_workers=max(1, int(threads)), thread_name_prefix=name,
-                              initializer=_mark_compute_thread)
-
-
-def _mark_compute_thread() -> None:
-    _compute_thread.active = True
-
-
-def compute_runner(executor: ThreadPoolExecutor) -> Callable[[Callable[[], T]], T]:
-    """``run(fn)``: ``fn()`` on ``executor`` (a ``torch_executor``), waited for; at once when the caller
-    already is one of its threads. Blocking: for the control executor and start-up, never the loop.
-
-    Model loads and warm-ups go through it, so the only OpenMP pool in the process is the torch
-    thread's: one started from a control thread made every later forward 1.7x slower (its idle pool
-    and the torch thread's compete for the same cores).
-    """
-
-    def run(fn: Callable[[], T]) -> T:
-        if getattr(_compute_thread, "active", False):
-            return fn()
-        return executor.submit(contextvars.copy_context().run, fn).result()  # the caller's trace context
-
-    return run
-
-
-class PixelBudget:
-    """The decoded pixels a server has admitted and not yet decoded: admission by memory, not by count.
-
-    A request reserves, before it queues, the decoded pixels it will hold at once (its largest
-    image: images are decoded one at a time, each reduced to its working size before the next) and
-    releases them once its images are decoded. A request that does not fit now is refused with
-    RESOURCE_EXHAUSTED and RetryInfo (Overloaded); one that could never fit, with LimitExceeded.
-    Nothing is allocated for a refused request.
-    """
-
-    def __init__(self, limit: int):
-        self.limit = max(0, int(limit))
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def reserve(self, pixels: int) -> Callable[[], None]:
-        """Reserve ``pixels``; returns an idempotent release."""
-        pixels = int(pixels)
-        if pixels > self.limit:
-            raise LimitExceeded(
-                f"the request needs {pixels:,} decoded pixels at once, over this server's limit of "
-                f"{self.limit:,} pixels in flight (max_pixels_in_flight); send smaller images")
-        with self._lock:
-            if self.used + pixels > self.limit:
-                raise Overloaded(
-                    f"server busy: {self.used:,} decoded pixels in flight and this request needs {pixels:,} more, "
-                    f"over max_pixels_in_flight={self.limit:,}; retry later")
-            self.used += pixels
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            with self._lock:
-                if not released:
-                    released = True
-                    self.used -= pixels
-
-        return release
-
-
-@dataclass
-class ImageAdmission:
-    """A request's images, checked from their headers, with their decoded pixels reserved server-wide.
-
-    ``items`` are ``(image, field)`` pairs, ``plans`` their working plans. ``decode()`` runs in the
-    request's job.
-    """
-
-    items: list[tuple[common_pb2.Image, str]]
-    plans: list[WorkingPlan]
-    release: Callable[[], None]
-
-    def decode(self) -> list:
-        """Decode one image at a time, each straight to its working size; then free the reservation.
-
-        After big images the freed decoder buffers are handed back to the OS (``trim_heap``): glibc
-        would otherwise keep them in the arena of the worker thread that decoded them, and the
-        process's RSS would creep up by one decoded image per worker thread.
-        """
-        try:
-            return [decode_working(image_pb.data, plan)
-                    for (image_pb, _field), plan in zip(self.items, self.plans, strict=True)]
-        finally:
-            self.release()
-            if max((p.cost for p in self.plans), default=0) >= TRIM_AFTER_PIXELS:
-                trim_heap()
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def trim_heap() -> None:
-    """Return the heap's free pages to the OS (glibc ``malloc_trim``; a no-op elsewhere). A few ms."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-@dataclass
-class ServiceContext:
-    """Shared by every servicer of one service: settings, registry, model cache, jobs, metrics."""
-
-    name: str  # "captioning", "visualization", "style"
-    settings: Settings
-    registry: Registry
-    cache: ModelCache
-    jobs: JobRunner
-    metrics: Metrics
-    tasks: tuple[str, ...] = ()
-    services: list[str] = field(default_factory=list)  # fully qualified service names served
-    state: dict = field(default_factory=dict)  # per-service objects (e.g. the captioning batcher)
-    _model_calls: dict = field(default_factory=dict, repr=False)
-    _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    pixels: PixelBudget | None = None  # server-wide decoded pixels in flight (shared by a server's services)
-    tracer: Any = None  # an OpenTelemetry tracer when tracing is on (services/tracing.py), else None
-    # Work waiting elsewhere than the job queue, e.g. captions waiting for a batch: callables -> count.
-    pending_sources: list[Callable[[], int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.pixels is None:
-            self.pixels = PixelBudget(self.settings.max_pixels_in_flight)
-        self.metrics.watch_queue(self.name, self.pending, self.settings.queue_depth)
-
-    def pending(self) -> int:
-        """Work waiting now: calls queued for a job slot, admitted work waiting to take one again, and
-        whatever ``pending_sources`` report (the ``pixelrpc_queue_pending`` gauge)."""
-        return self.jobs._waiting + self.jobs.rejoining + sum(source() for source in self.pending_sources)
-
-    @property
-    def device(self) -> str:
-        return self.cache.device
-
-    def decode_image(self, image_pb: common_pb2.Image, field: str = "image"):
-        """Decode at full size (header limits only); jobs that know their working size use ``Call.admit_images``."""
-        return decode_image(self._image_bytes(image_pb, field), self.settings.image_limits, field)
-
-    @staticmethod
-    def _image_bytes(image_pb: common_pb2.Image | None, field: str) -> bytes:
-        if image_pb is None or not image_pb.data:
-            raise InvalidInput(f"{field} is required: send encoded PNG, JPEG or WebP bytes", field=field)
-        return image_pb.data
-
-    def plan_images(self, items: Sequence[tuple[common_pb2.Image, str, Planner]]) -> list[WorkingPlan]:
-        """Headers, working sizes and the request's decoded-pixel sum, before any pixel is decoded.
-
-        Blocking but quick (Pillow reads headers only): run it through ``Call.control``. Refusals:
-        INVALID_ARGUMENT for an image beyond the per-image limits, LimitExceeded over
-        ``max_request_pixels``.
-        """
-        limits = self.settings.image_limits
-        plans = [plan(read_header(self._image_bytes(image_pb, name), limits, name), limits)
-                 for image_pb, name, plan in items]
-        check_request(plans, limits)
-        return plans
-
-    def choose_default(self, task: str, preferences: str | Sequence[str] | None) -> tuple[str, str]:
-        """The model a request that names none gets, and why (reported as ``ResponseMeta.model_choice``).
-
-        Rule: ``PIXELRPC_DEFAULT_MODEL`` if set; else the first of the service's preferences that is in
-        the registry with ``task``; else the first registered model with ``task`` (by name); else the
-        first preference, so that the NOT_FOUND error names it and says how to add it.
-        """
-        if self.settings.default_model:
-            return self.settings.default_model, "PIXELRPC_DEFAULT_MODEL"
-        prefs = [preferences] if isinstance(preferences, str) else list(preferences or ())
-        try:
-            available = {m.name for m in self.registry.list(task)}
-        except RegistryUnavailable:  # keep answering with the last resolved default until it is back
-            last = self.state.get(LAST_DEFAULT_KEY, {}).get(task)
-            if last is None:
-                raise
-            return last[0], f"{last[1]}; registry unavailable, last resolved default"
-        choice = self._choose_from(task, prefs, available)
-        self.state.setdefault(LAST_DEFAULT_KEY, {})[task] = choice
-        return choice
-
-    @staticmethod
-    def _choose_from(task: str, prefs: list[str], available: set[str]) -> tuple[str, str]:
-        for i, name in enumerate(prefs):
-            if name in available:
-                return name, f"preferred default for {task} (choice {i + 1} of {', '.join(prefs)})"
-        if available:
-            name = sorted(available)[0]
-            return name, f"first registered {task} model (none of {', '.join(prefs) or 'the preferences'} present)"
-        if prefs:
-            return prefs[0], f"preferred default for {task}"
-        raise InvalidInput(f"model.name is required: no default model is configured for {task}",
-                           field="model.name")
-
-    def get_model(self, ref: common_pb2.ModelRef | None, *, task: str,
-                  default: str | Sequence[str] | None = None, field: str = "model",
-                  call: Call | None = None) -> LoadedModel:
-        """Resolve and load a model for ``task``; an empty name takes the default (``choose_default``)."""
-        name = ref.name if ref is not None and ref.name else ""
-        version = ref.version if ref is not None else 0
-        if not name:
-            name, reason = self.choose_default(task, default)
-            if call is not None:
-                call.model_choice = reason
-        loaded = self.cache.get(name, version)
-        return self._admit_model(loaded, task, field, call)
-
-    def cached_model(self, ref: common_pb2.ModelRef | None, *, task: str, field: str = "model",
-                     call: Call | None = None) -> LoadedModel | None:
-        """``get_model`` for a named model that is already loaded (see ``ModelCache.peek``), on the
-        event loop without an executor hop; None when it needs the registry (then use ``get_model``
-        on the control executor)."""
-        if ref is None or not ref.name:
-            return None
-        loaded = self.cache.peek(ref.name, ref.version)
-        if loaded is None:
-            return None
-        return self._admit_model(loaded, task, field, call)
-
-    def _admit_model(self, loaded: LoadedModel, task: str, field: str, call: Call | None) -> LoadedModel:
-        """Check that ``loaded`` serves ``task`` and apply its per-model serving limits to ``call``."""
-        if task not in loaded.manifest.tasks:
-            raise InvalidInput(
-                f"model {loaded.manifest.ref} does not serve task {task!r} (its tasks: "
-                f"{', '.join(loaded.manifest.tasks)})", field=f"{field}.name")
-        if call is not None:
-            self._apply_model_serving(loaded, call)
-        return loaded
-
-    def _apply_model_serving(self, loaded: LoadedModel, call: Call) -> None:
-        """Per-model limits from the manifest's ``serving`` section: ``max_concurrency`` (calls beyond it
-        get RESOURCE_EXHAUSTED) and ``timeout_s`` (caps the call's deadline)."""
-        serving = loaded.serving
-        timeout = serving.timeout_s
-        if timeout > 0:
-            limit_at = time.monotonic() + timeout
-            if call.cancel.deadline is None or limit_at < call.cancel.deadline:
-                call.cancel.deadline = limit_at
-        limit = serving.max_concurrency
-        if limit <= 0:
-            return
-        ref = loaded.manifest.ref
-        with self._model_lock:
-            running = self._model_calls.get(ref, 0)
-            if running >= limit:
-                raise Overloaded(f"model {ref} is serving {running} calls, its max_concurrency={limit} "
-                                 "(manifest serving section); retry later")
-            self._model_calls[ref] = running + 1
-
-        def release() -> None:
-            with self._model_lock:
-                self._model_calls[ref] -= 1
-
-        call.on_end.append(release)
-
-    def serving_config(self, loaded: LoadedModel, key: str, default: Any) -> Any:
-        """A per-model serving setting: explicit service setting > manifest ``serving`` > default."""
-        return loaded.serving.setting(key, getattr(self.settings, key, None), default)
 
 
 class Call:

@@ -17,6 +17,7 @@ from PIL import Image
 from pixelrpc.models import bootstrap as bs
 from pixelrpc.models.captioning.bleu import corpus_bleu_scores
 from pixelrpc.models.data import shapes
+from pixelrpc.models.errors import InvalidInput
 from pixelrpc.models.registry import Registry, load_model
 
 
@@ -231,7 +232,7 @@ def test_a_model_below_its_gate_is_not_published(tmp_path):
 
 
 def test_unknown_plan_name():
-    with pytest.raises(bs.InvalidInput):
+    with pytest.raises(InvalidInput):
         bs.bootstrap(Registry("/nonexistent"), "huge")
 
 

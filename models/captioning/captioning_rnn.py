@@ -33,12 +33,13 @@ import numbers
 import numpy as np
 
 from pixelrpc.models.captioning import rnn_layers as L
+from pixelrpc.models.captioning.decoding import DecodeOptions, decode_batch
+from pixelrpc.models.captioning.vocab import END, NULL, START
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt
 
 CELL_TYPES = ("rnn", "lstm")
 ARCHITECTURE = "captioning-rnn"
 PARAMS_FILE = "params.safetensors"
-NULL, START, END = "<NULL>", "<START>", "<END>"
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +235,9 @@ class CaptioningRNN:
         - max_length: T, the number of tokens generated at most
 
         Returns (N, T) integer word indices, starting with the first generated word (``<START>``
-        is not included); after ``<END>`` the row is padded with ``<NULL>``.
+        is not included); after ``<END>`` the row is padded with ``<NULL>``. The same greedy decoding
+        as ``decoding.greedy`` (batched by ``decoding.decode_batch``).
         """
-        from pixelrpc.models.captioning.decoding import DecodeOptions, decode_batch
-
         self.check_decodable()
         features = np.asarray(features)
         options = DecodeOptions(strategy="greedy", max_length=max_length)

@@ -15,12 +15,8 @@ Batching never changes a result, bitwise, in float32 (the default for float32 mo
 - each sampled caption draws from its own ``numpy.random.Generator(PCG64)``, seeded from the
   request's seed and the caption's index (``SeedSequence(seed).spawn``), one draw per step.
 
-Beam search (e.g. Vinyals et al., "Show and tell", CVPR 2015) keeps K partial captions. At each
-step the best ``K - finished`` extensions of the live beams are kept; an extension ending in
-``<END>`` (or reaching ``max_length``) is finished, so the beam shrinks until every slot holds a
-finished caption. Finished captions are ranked by ``sum(logprobs) / len ** alpha`` (length
-normalisation as in Wu et al., "Google's neural machine translation system", 2016, in its simple
-form; alpha = 0 ranks by total log-probability). With K = 1 this is exactly greedy decoding.
+The strategies themselves (greedy, sampling, and beam search with length normalisation) are the
+searches of ``search``: each request's search picks its next tokens from its own rows.
 
 Reported log-probabilities are always the model's (temperature 1), whatever the strategy.
 
@@ -33,15 +29,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pixelrpc.models.captioning import rnn_layers as L
-from pixelrpc.models.captioning.captioning_rnn import END, NULL, START, CaptioningRNN
 from pixelrpc.models.captioning.products import invariant_product
+from pixelrpc.models.captioning.search import Beam, Caption, Greedy, Independent, Search, TokenEvent
+from pixelrpc.models.captioning.vocab import END, START
 from pixelrpc.models.errors import FailedPrecondition, FieldViolation, InvalidInput
 from pixelrpc.models.options import seed_violation
+
+if TYPE_CHECKING:
+    from pixelrpc.models.captioning.captioning_rnn import CaptioningRNN
 
 STRATEGIES = ("greedy", "beam", "sample")
 MAX_LENGTH_LIMIT = 100
@@ -118,181 +119,11 @@ class DecodeOptions:
 
 
 @dataclass(frozen=True)
-class Caption:
-    """One decoded caption.
-
-    - tokens: generated word indices, ending with ``<END>`` when ``finished``.
-    - words: the words of ``tokens`` without the final ``<END>``.
-    - logprobs: the model's log-probability of each token (aligned with ``tokens``).
-    - score: ranking score; the sum of ``logprobs``, length-normalised for beam search.
-    - finished: False when ``max_length`` cut the caption before ``<END>``.
-    """
-
-    tokens: list[int]
-    words: list[str]
-    logprobs: list[float]
-    score: float
-    finished: bool
-
-    @property
-    def text(self) -> str:
-        return " ".join(w for w in self.words if w not in (NULL, START, END))
-
-    @property
-    def logprob(self) -> float:
-        return float(sum(self.logprobs))
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """A token as soon as it is decoded (greedy and sampling only: beam hypotheses still change)."""
-
-    request: int  # the request's handle in its BatchDecoder
-    caption: int  # which of the request's captions
-    position: int  # 0-based position in the caption
-    token: int
-    word: str
-    logprob: float
-
-
-@dataclass(frozen=True)
 class Finished:
     """The last item of ``decode_steps``: the request's captions, best first."""
 
     captions: list[Caption]
     compute_ms: float = 0.0  # time spent decoding it (set by services that batch requests)
-
-
-# --------------------------------------------------------------------------- searches
-
-
-@dataclass
-class _Hyp:
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    total: float = 0.0
-
-    def extend(self, token: int, logprob: float) -> _Hyp:
-        return _Hyp(self.tokens + [token], self.logprobs + [logprob], self.total + logprob)
-
-
-class _Search:
-    """A request's selection rule. ``rows`` partial captions are live; ``advance`` consumes their
-    log-probabilities (rows, V) and returns (parent rows, next tokens, events) of the rows to keep."""
-
-    def __init__(self, handle: int, options: DecodeOptions, end: int, words: Sequence[str]):
-        self.handle, self.options, self.end, self.words = handle, options, end, words
-        self.finished: list[tuple[int, _Hyp, bool]] = []  # (caption index, hypothesis, ended)
-
-    rows: int
-
-    def advance(self, logp: np.ndarray) -> tuple[list[int], list[int], list[TokenEvent]]:
-        raise NotImplementedError
-
-    @property
-    def done(self) -> bool:
-        return self.rows == 0
-
-    def _caption(self, hyp: _Hyp, ended: bool, score: float) -> Caption:
-        body = hyp.tokens[:-1] if ended else hyp.tokens
-        return Caption(list(hyp.tokens), [self.words[t] for t in body], list(hyp.logprobs), score, ended)
-
-    def captions(self) -> list[Caption]:
-        done = sorted(self.finished, key=lambda item: item[0])
-        return [self._caption(hyp, ended, hyp.total) for _, hyp, ended in done]
-
-
-class _Greedy(_Search):
-    """Greedy decoding: one row, the argmax at every step. ``BatchDecoder`` advances greedy rows
-    all at once (vectorised); this object only names the request and builds its caption."""
-
-    rows = 1
-
-    def caption(self, tokens: list[int], logprobs: list[float]) -> Caption:
-        ended = tokens[-1] == self.end
-        hyp = _Hyp(tokens, logprobs, float(sum(logprobs)))
-        return self._caption(hyp, ended, hyp.total)
-
-
-class _Independent(_Search):
-    """Sampling: one row per caption, each an independent caption with its own generator."""
-
-    def __init__(self, handle, options, end, words, emit: bool = True):
-        super().__init__(handle, options, end, words)
-        n = options.num_captions
-        self.emit = emit
-        self.live = list(range(n))  # caption index of each row
-        self.hyps = [_Hyp() for _ in range(n)]
-        children = np.random.SeedSequence(options.seed).spawn(n)
-        self.rngs = [np.random.Generator(np.random.PCG64(child)) for child in children]
-
-    @property
-    def rows(self) -> int:
-        return len(self.live)
-
-    def _choose(self, row_logp: np.ndarray, caption: int) -> int:
-        z = row_logp / self.options.temperature
-        cdf = np.cumsum(np.exp(z - z.max()))  # unnormalised, (V,)
-        u = self.rngs[caption].random()
-        return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)
-
-    def advance(self, logp):
-        parents, tokens, events = [], [], []
-        still_live = []
-        for row, caption in enumerate(self.live):
-            token = self._choose(logp[row], caption)
-            lp = float(logp[row, token])
-            hyp = self.hyps[caption] = self.hyps[caption].extend(token, lp)
-            if self.emit:
-                events.append(TokenEvent(self.handle, caption, len(hyp.tokens) - 1, token, self.words[token], lp))
-            if token == self.end or len(hyp.tokens) >= self.options.max_length:
-                self.finished.append((caption, hyp, token == self.end))
-            else:
-                parents.append(row)
-                tokens.append(token)
-                still_live.append(caption)
-        self.live = still_live
-        return parents, tokens, events
-
-
-class _Beam(_Search):
-    """Shrinking beam search: K slots, each finished caption takes one for good."""
-
-    def __init__(self, handle, options, end, words):
-        super().__init__(handle, options, end, words)
-        self.live_hyps = [_Hyp()]
-
-    @property
-    def rows(self) -> int:
-        return len(self.live_hyps)
-
-    def advance(self, logp):
-        V = logp.shape[1]
-        slots = self.options.beam_width - len(self.finished)
-        totals = np.array([h.total for h in self.live_hyps])[:, None] + logp  # (rows, V)
-        flat = totals.reshape(-1)
-        # Best `slots` candidates; ties go to the lower (row, token) index, as np.argmax does.
-        order = np.argsort(-flat, kind="stable")[:slots]
-        parents, tokens, live = [], [], []
-        for idx in order:
-            row, token = divmod(int(idx), V)
-            hyp = self.live_hyps[row].extend(token, float(logp[row, token]))
-            if token == self.end or len(hyp.tokens) >= self.options.max_length:
-                self.finished.append((len(self.finished), hyp, token == self.end))
-            else:
-                parents.append(row)
-                tokens.append(token)
-                live.append(hyp)
-        self.live_hyps = live
-        return parents, tokens, []
-
-    def _score(self, hyp: _Hyp) -> float:
-        alpha = self.options.length_penalty
-        return hyp.total / (len(hyp.tokens) ** alpha) if alpha else hyp.total
-
-    def captions(self) -> list[Caption]:
-        ranked = sorted(self.finished, key=lambda item: (-self._score(item[1]), item[0]))
-        return [self._caption(h, ended, self._score(h)) for _, h, ended in ranked[: self.options.num_captions]]
 
 
 # --------------------------------------------------------------------------- engine
@@ -370,9 +201,9 @@ class BatchDecoder:
         self.tok_hist = np.zeros((0, L), dtype=np.int64)
         self.lp_hist = np.zeros((0, L), dtype=np.float64)
         self.emit = np.zeros(0, dtype=bool)
-        self.searches: list[_Search] = []
+        self.searches: list[Search] = []
         self.results: dict[int, list[Caption]] = {}
-        self._pending: list[tuple[_Search, np.ndarray, bool]] = []  # (search, features, events): no rows yet
+        self._pending: list[tuple[Search, np.ndarray, bool]] = []  # (search, features, events): no rows yet
         self._others = 0  # beam and sampling searches among self.searches
         self._next_handle = 0
 
@@ -399,11 +230,11 @@ class BatchDecoder:
         self._next_handle += 1
         words, end = self.model.idx_to_word, self.model.end_idx
         if options.strategy == "beam":
-            search: _Search = _Beam(handle, options, end, words)
+            search: Search = Beam(handle, options, end, words)
         elif options.strategy == "sample":
-            search = _Independent(handle, options, end, words, emit=events)
+            search = Independent(handle, options, end, words, emit=events)
         else:
-            search = _Greedy(handle, options, end, words)
+            search = Greedy(handle, options, end, words)
         self._pending.append((search, x[0].astype(self.dtype), events))  # h0 is computed in _flush
         return handle
 
@@ -423,15 +254,15 @@ class BatchDecoder:
         self.c = np.concatenate([self.c, np.zeros((n, H), dtype=self.dtype)])
         self.last = np.concatenate([self.last, np.full(n, self.model.start_idx, dtype=np.int64)])
         self.pos = np.concatenate([self.pos, np.zeros(n, dtype=np.int64)])
-        limits = [s.options.max_length if isinstance(s, _Greedy) else 0 for s, _, _ in pending]
+        limits = [s.options.max_length if isinstance(s, Greedy) else 0 for s, _, _ in pending]
         self.limit = np.concatenate([self.limit, np.repeat(np.asarray(limits, dtype=np.int64), counts)])
         self.tok_hist = np.concatenate([self.tok_hist, np.zeros((n, L), dtype=np.int64)])
         self.lp_hist = np.concatenate([self.lp_hist, np.zeros((n, L), dtype=np.float64)])
-        emits = [e and isinstance(s, _Greedy) for s, _, e in pending]
+        emits = [e and isinstance(s, Greedy) for s, _, e in pending]
         self.emit = np.concatenate([self.emit, np.repeat(np.asarray(emits, dtype=bool), counts)])
         for search, _, _ in pending:
             self.searches.append(search)
-            self._others += not isinstance(search, _Greedy)
+            self._others += not isinstance(search, Greedy)
 
     def _take(self, idx: np.ndarray, h: np.ndarray, c: np.ndarray, hWh: np.ndarray) -> None:
         self.h, self.c, self.hWh = h[idx], c[idx], hWh[idx]  # (R', H), (R', H), (R', G)
@@ -499,7 +330,7 @@ class BatchDecoder:
         offset = 0
         for search in self.searches:
             k = search.rows
-            if isinstance(search, _Greedy):
+            if isinstance(search, Greedy):
                 t = int(tok[offset])
                 if t == search.end or pos[offset] >= self.limit[offset]:
                     self._finish_greedy(search, offset)
@@ -518,7 +349,7 @@ class BatchDecoder:
             if search.handle not in self.results:
                 kept.append(search)
         self.searches = kept
-        self._others = sum(not isinstance(s, _Greedy) for s in kept)
+        self._others = sum(not isinstance(s, Greedy) for s in kept)
         idx = np.asarray(parents, dtype=np.int64)
         self._take(idx, h, c, hWh)
         self.last = np.asarray(tokens, dtype=np.int64)
@@ -532,7 +363,7 @@ class BatchDecoder:
             out.append(TokenEvent(search.handle, 0, int(self.pos[r]) - 1, t, words[t], float(lp[r])))
         return out
 
-    def _search_of_row(self, row: int) -> _Search:
+    def _search_of_row(self, row: int) -> Search:
         if self._others == 0:
             return self.searches[row]
         offset = 0
@@ -542,7 +373,7 @@ class BatchDecoder:
             offset += search.rows
         raise IndexError(row)
 
-    def _finish_greedy(self, search: _Search, row: int) -> None:
+    def _finish_greedy(self, search: Search, row: int) -> None:
         n = int(self.pos[row])
         self.results[search.handle] = [search.caption(self.tok_hist[row, :n].tolist(),
                                                       self.lp_hist[row, :n].tolist())]
@@ -556,7 +387,7 @@ class BatchDecoder:
             if search.handle == handle:
                 keep[offset: offset + search.rows] = False
                 del self.searches[i]
-                self._others -= not isinstance(search, _Greedy)
+                self._others -= not isinstance(search, Greedy)
                 idx = np.flatnonzero(keep)
                 self._take(idx, self.h, self.c, self.hWh)
                 self.last = self.last[idx]

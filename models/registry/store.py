@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -36,6 +35,15 @@ from pixelrpc.models.errors import (
     RegistryConflict,
     RegistryUnavailable,
     clip,
+)
+from pixelrpc.models.registry.disk import (
+    file_kind,
+    fsync_dir,
+    is_dir,
+    strerror,
+    try_lock_folder,
+    who,
+    write_synced,
 )
 from pixelrpc.models.registry.manifest import (  # noqa: F401 - re-exported
     DEFAULT_FILE,
@@ -65,6 +73,8 @@ REMOVING_PREFIX = ".removing-"
 STAGING_GRACE_SECONDS = 600.0
 # Files a loader may deserialise. Pickle-based formats are never accepted.
 SAFE_SUFFIXES = (".safetensors", ".json", ".npz", ".pt", ".pth", ".txt", ".png")
+# How publish and seal write a manifest; a module attribute that fault tests replace to stall a publish.
+_write_synced = write_synced
 
 
 def default_root() -> Path:
@@ -112,26 +122,6 @@ class BrokenEntry:
                 "reason": self.reason}
 
 
-def _strerror(exc: OSError) -> str:
-    return exc.strerror or exc.__class__.__name__
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a pipe"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
-
-
-def _who() -> str:
-    return f"uid {os.geteuid()}" if hasattr(os, "geteuid") else "this process"
-
-
 class Registry:
     """A folder of versioned models. Reading is safe from many processes; so is publishing.
 
@@ -174,14 +164,14 @@ class Registry:
                                             "'pixelrpc models bootstrap' or 'pixelrpc models import ...'")
         except OSError as exc:
             return RegistryStatus("unreadable", f"registry folder {self.root} cannot be read "
-                                                f"({_strerror(exc)}); check the volume and its permissions "
-                                                f"for {_who()}")
+                                                f"({strerror(exc)}); check the volume and its permissions "
+                                                f"for {who()}")
         if not stat.S_ISDIR(st.st_mode):
-            return RegistryStatus("unreadable", f"registry root {self.root} is {_kind(st.st_mode)}, not a "
+            return RegistryStatus("unreadable", f"registry root {self.root} is {file_kind(st.st_mode)}, not a "
                                                 "folder; point PIXELRPC_REGISTRY at the registry folder")
         if not os.access(self.root, os.R_OK | os.X_OK):
             return RegistryStatus("unreadable", f"registry folder {self.root} cannot be read (permission "
-                                                f"denied for {_who()}); give the server read and search "
+                                                f"denied for {who()}); give the server read and search "
                                                 "permission on it (chmod a+rX)")
         self._seen_root = True
         return RegistryStatus("ok")
@@ -202,8 +192,8 @@ class Registry:
                 return []
             return []
         except OSError as exc:
-            raise RegistryUnavailable(f"registry folder {self.root} cannot be listed ({_strerror(exc)}); "
-                                      f"check the volume and its permissions for {_who()}") from None
+            raise RegistryUnavailable(f"registry folder {self.root} cannot be listed ({strerror(exc)}); "
+                                      f"check the volume and its permissions for {who()}") from None
 
     def _root_is_empty(self) -> bool:
         try:
@@ -226,7 +216,7 @@ class Registry:
         """Valid model names with a folder in the registry."""
         if not self._require_root():
             return []
-        return [e.name for e in self._root_entries() if NAME_PATTERN.fullmatch(e.name) and _is_dir(e)]
+        return [e.name for e in self._root_entries() if NAME_PATTERN.fullmatch(e.name) and is_dir(e)]
 
     def versions(self, name: str) -> list[int]:
         folder = self.root / validate_name(name)
@@ -237,10 +227,10 @@ class Registry:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise FailedPrecondition(f"model folder {folder} cannot be read ({_strerror(exc)}); fix its "
-                                     f"permissions for {_who()} or remove it") from None
+            raise FailedPrecondition(f"model folder {folder} cannot be read ({strerror(exc)}); fix its "
+                                     f"permissions for {who()} or remove it") from None
         if not stat.S_ISDIR(st.st_mode):
-            raise FailedPrecondition(f"registry entry {folder} is {_kind(st.st_mode)}, not a model folder; "
+            raise FailedPrecondition(f"registry entry {folder} is {file_kind(st.st_mode)}, not a model folder; "
                                      "remove it or move it out of the registry")
         try:
             with os.scandir(folder) as it:
@@ -248,8 +238,8 @@ class Registry:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise FailedPrecondition(f"model folder {folder} cannot be listed ({_strerror(exc)}); fix its "
-                                     f"permissions for {_who()} (chmod a+rX) or remove it") from None
+            raise FailedPrecondition(f"model folder {folder} cannot be listed ({strerror(exc)}); fix its "
+                                     f"permissions for {who()} (chmod a+rX) or remove it") from None
         out = []
         for e in entries:
             if not VERSION_PATTERN.fullmatch(e.name):
@@ -275,7 +265,7 @@ class Registry:
         except FileNotFoundError:
             return versions[-1]
         except OSError as exc:
-            raise FailedPrecondition(f"default pin {pinned} cannot be read ({_strerror(exc)}); fix it or "
+            raise FailedPrecondition(f"default pin {pinned} cannot be read ({strerror(exc)}); fix it or "
                                      f"remove it (then the highest version is the default)") from None
         if VERSION_PATTERN.fullmatch(text) and int(text) in versions:
             return int(text)
@@ -302,7 +292,7 @@ class Registry:
             st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):
                 raise FailedPrecondition(
-                    f"manifest {path} is {_kind(st.st_mode)}; remove the version folder {path.parent} or "
+                    f"manifest {path} is {file_kind(st.st_mode)}; remove the version folder {path.parent} or "
                     "re-publish the version")
             with open(path, "rb") as f:
                 return f.read()
@@ -315,8 +305,8 @@ class Registry:
                 f"model {name!r} has no version {version} (available: {', '.join(map(str, have))})"
             ) from None
         except OSError as exc:
-            raise FailedPrecondition(f"manifest {path} cannot be read ({_strerror(exc)}); fix the "
-                                     f"permissions of {path.parent} for {_who()} or remove it") from None
+            raise FailedPrecondition(f"manifest {path} cannot be read ({strerror(exc)}); fix the "
+                                     f"permissions of {path.parent} for {who()} or remove it") from None
 
     def scan(self, task: str | None = None, *, all_versions: bool = False
              ) -> tuple[list[Manifest], list[BrokenEntry]]:
@@ -377,7 +367,7 @@ class Registry:
         try:
             st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):
-                raise FailedPrecondition(f"model {manifest.ref}: {path} is {_kind(st.st_mode)}; "
+                raise FailedPrecondition(f"model {manifest.ref}: {path} is {file_kind(st.st_mode)}; "
                                          "re-publish or remove this version")
             if st.st_size != entry.size:
                 data = b""
@@ -388,8 +378,8 @@ class Registry:
             self._require_root()
             raise ModelCorrupt(f"model {manifest.ref} is missing its file {entry.name!r}") from None
         except OSError as exc:
-            raise FailedPrecondition(f"model {manifest.ref}: {path} cannot be read ({_strerror(exc)}); fix "
-                                     f"its permissions for {_who()} or remove this version") from None
+            raise FailedPrecondition(f"model {manifest.ref}: {path} cannot be read ({strerror(exc)}); fix "
+                                     f"its permissions for {who()} or remove this version") from None
         if len(data) != entry.size or sha256_bytes(data) != entry.sha256:
             raise ModelCorrupt(
                 f"model {manifest.ref}: file {entry.name!r} does not match its manifest sha256 "
@@ -437,7 +427,7 @@ class Registry:
         except PixelRPCError:
             pass  # cleaning is best effort; publishing decides below
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
-        lock = _try_lock_folder(staging)
+        lock = try_lock_folder(staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a version is readable like its files
         try:
             entries = []
@@ -476,7 +466,7 @@ class Registry:
                             f"{name}:{target_version} already exists (another publisher won); "
                             "nothing was changed"
                         ) from None
-            _fsync_dir(self.root / name)
+            fsync_dir(self.root / name)
             return manifest
         finally:
             if staging.exists():
@@ -505,7 +495,7 @@ class Registry:
         tmp = folder / f".{MANIFEST}.{os.getpid()}"
         _write_synced(tmp, manifest.to_bytes())
         os.replace(tmp, folder / MANIFEST)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return True
 
     def set_default(self, name: str, version: int) -> None:
@@ -550,7 +540,7 @@ class Registry:
                 continue
             fd = None
             if entry.name.startswith(STAGING_PREFIX):
-                fd = _try_lock_folder(entry.path)
+                fd = try_lock_folder(entry.path)
                 if fd is None:
                     continue  # a live publisher holds it
             try:
@@ -574,48 +564,3 @@ class Registry:
             f"model {clip(name)!r} is not in the model registry; add it with "
             "'pixelrpc models bootstrap' or 'pixelrpc models import ...'"
         )
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _try_lock_folder(path: str | Path) -> int | None:
-    """A descriptor holding an exclusive ``flock`` on the folder for as long as it is open; None when
-    another process holds the lock (or the folder cannot be opened). A publisher locks its fresh
-    staging folder; the cleaner skips the folders it cannot lock."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except OSError:
-        pass  # locks unsupported: rely on the grace period
-    return fd
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
