@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from pixelrpc.clients.suite import SERVICES
 from pixelrpc.models import visualization as vis
 from pixelrpc.models.errors import InvalidInput
 from pixelrpc.models.options import check_count, check_positive, resolve_seed
@@ -27,11 +28,12 @@ from pixelrpc.services.runtime import Call, ServiceContext, rpc
 from pixelrpc.v1 import visualization_pb2 as pb
 from pixelrpc.v1 import visualization_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "pixelrpc.v1.VisualizationService"
-TASKS = ("classification",)
-# A request that names no model gets the first of these present in the registry (see
+# This service's row of the suite table (pixelrpc.clients.suite): proto name, registry tasks, default models.
+SERVICE_NAME = SERVICES["visualization"].full_name
+TASKS = SERVICES["visualization"].tasks
+# A request that names no model gets the first of the table's default models present in the registry (see
 # ServiceContext.choose_default); the choice is reported in ResponseMeta.model_choice.
-DEFAULT_MODELS = ("squeezenet1_1", "shapes-squeezenet")
+DEFAULT_MODELS = SERVICES["visualization"].default_models
 MAX_CLASSIFY_IMAGES = 64
 # Requests whose images total at most this many bytes read their headers on the event loop (Pillow
 # reads a few bytes; a JPEG's scan check is one pass of bytes.find) when their model is loaded.
