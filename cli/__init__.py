@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         domain_errors = sys.modules.get("pixelrpc.models.errors")
         if isinstance(exc, RpcError):
             msg = f"error: {exc.code.name}: {exc.details}"
+        elif isinstance(exc, ModuleNotFoundError):  # a local command in a client-only install
+            msg = f"error: {exc}: this command runs the server side here: pip install 'pixelrpc[serve]'"
         elif domain_errors is not None and isinstance(exc, domain_errors.PixelRPCError):
             msg = f"error: {exc.message}"
         else:
