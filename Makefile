@@ -7,13 +7,14 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 
-.PHONY: install test demo lint protos check-protos bench compose-test clean help
+.PHONY: install test demo lint protos check-protos docs check-docs bench compose-test clean help
 
 help:
 	@echo "make demo          install, then run the demo on the embedded default models"
-	@echo "make test          install, then run the test suite (includes the generated-code drift check)"
+	@echo "make test          install, then run the test suite (includes the generated-code and docs drift checks)"
 	@echo "make lint          ruff + buf lint"
 	@echo "make protos        regenerate protos/pixelrpc/v1/*_pb2*.py(i)"
+	@echo "make docs          regenerate docs/api.md (from the proto comments) and docs/configuration.md's table"
 	@echo "make bench         run the benchmarks in bench/"
 	@echo "make compose-test  build the image and test the docker-compose deployment (not part of make test)"
 
@@ -35,7 +36,17 @@ protos: $(STAMP)
 check-protos: $(STAMP)
 	$(PY) scripts/check_protos.py
 
-test: $(STAMP) check-protos
+# Generated documentation: docs/api.md from the proto comments, the settings table of
+# docs/configuration.md from services/settings.py. check-docs regenerates in memory and diffs.
+docs: $(STAMP)
+	$(PY) scripts/gen_api_docs.py --write
+	$(PY) scripts/gen_config_docs.py --write
+
+check-docs: $(STAMP)
+	$(PY) scripts/gen_api_docs.py
+	$(PY) scripts/gen_config_docs.py
+
+test: $(STAMP) check-protos check-docs
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP) check-protos

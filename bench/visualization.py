@@ -44,6 +44,7 @@ from pixelrpc.clients.visualization import VisualizationClient
 from pixelrpc.models import zoo
 from pixelrpc.models.registry import ModelCache, Registry
 from pixelrpc.models.visualization.class_visualization import gaussian_blur, jitter
+from pixelrpc.models.visualization.options import ClassVisualizationOptions
 from pixelrpc.services.settings import default_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,8 @@ def ref_class_vis(model, side: int, target: int, steps: int, device: str, seed: 
     gen = torch.Generator().manual_seed(seed)
     img = torch.randn((1, 3, side, side), generator=gen).to(model.device)
     lo, hi = model.pixel_bounds()
-    max_jitter, lr, l2_reg = min(16, side // 4), 25.0, 1e-3
+    o = ClassVisualizationOptions()  # the service's defaults
+    max_jitter, lr, l2_reg = o.jitter(side), o.learning_rate, o.l2_reg
     start = time.perf_counter()
     for t in range(steps):
         ox, oy = (int(v) for v in torch.randint(0, max_jitter + 1, (2,), generator=gen))
@@ -126,8 +128,8 @@ def ref_class_vis(model, side: int, target: int, steps: int, device: str, seed: 
         with torch.no_grad():
             moved = moved + lr * moved.grad / moved.grad.norm()
             img = torch.maximum(torch.minimum(jitter(moved, -ox, -oy), hi), lo)
-            if t % 10 == 0:
-                img = gaussian_blur(img, 0.5)
+            if t % o.blur_every == 0:
+                img = gaussian_blur(img, o.blur_sigma)
     _sync(device)
     return (time.perf_counter() - start) * 1000 / steps
 

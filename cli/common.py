@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import click
 
 from pixelrpc.clients.base import TLSConfig
-from pixelrpc.clients.suite import service as service_spec
+from pixelrpc.common.suite import service as service_spec
 
 
 class CliError(click.ClickException):

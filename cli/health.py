@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pixelrpc.cli.common import CliError, emit_json, json_option
-from pixelrpc.clients.suite import SERVICES
+from pixelrpc.common.suite import SERVICES
 
 
 @click.command("health")

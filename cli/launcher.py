@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pixelrpc.clients.base import ServiceClient
 from pixelrpc.clients.errors import RpcError
-from pixelrpc.clients.suite import SERVICES as SUITE
+from pixelrpc.common.suite import SERVICES as SUITE
 
 SERVICES = tuple(SUITE)
 

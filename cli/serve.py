@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pixelrpc.clients.suite import SERVICES
+from pixelrpc.common.suite import SERVICES
 
 DEFAULT_PORTS = {name: spec.port for name, spec in SERVICES.items()}
 

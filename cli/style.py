@@ -38,15 +38,15 @@ def _ints(text: str | None, what: str) -> list[int] | None:
 @click.option("--style-weights", default=None, metavar="W1,W2,...",
               help="blend of the style images, one number each (default: equal)")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
-              help="start from one of the assignment's parameter sets (default: starry_night's numbers)")
-@click.option("--size", "image_size", type=int, default=None, help="shorter side of the result [preset: 192]")
+              help="start from one of the assignment's parameter sets [server default]")
+@click.option("--size", "image_size", type=int, default=None, help="shorter side of the result [preset]")
 @click.option("--style-size", type=int, default=None, help="shorter side of the style images [preset]")
-@click.option("--iterations", type=int, default=None, help="Adam steps [200]")
+@click.option("--iterations", type=int, default=None, help="Adam steps [server default]")
 @click.option("--init", type=click.Choice(["content", "random"]), default=None,
-              help="start from the content image or from noise [content]")
+              help="start from the content image or from noise [server default]")
 @click.option("--preserve-color", is_flag=True, help="transfer luminance only; keep the content's colours")
 @click.option("--content-weight", type=float, default=None, help="[preset]; 0 with --init random: texture")
-@click.option("--style-layers", default=None, metavar="L1,L2,...", help="style layer indices [1,4,6,7]")
+@click.option("--style-layers", default=None, metavar="L1,L2,...", help="style layer indices [preset]")
 @click.option("--layer-weights", default=None, metavar="W1,W2,...", help="one style weight per style layer")
 @click.option("--tv-weight", type=float, default=None, help="total-variation weight [preset]")
 @click.option("--model", default="", metavar="NAME[:VERSION]", help="feature network (default: the server's)")

@@ -46,14 +46,14 @@ def _write_image(image_pb, path: Path) -> None:
 @click.command("classify")
 @click.argument("images", nargs=-1, required=True, type=image_path)
 @model_option
-@click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="classes per image")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=None, help="classes per image [server default]")
 @addr_option(SERVICE)
 @json_option
 @timeout_option
 def classify_command(images, model, top_k, addr, as_json, timeout):
     """Top classes of each IMAGE (any size; resized to the model's input)."""
     with connect(SERVICE, addr, timeout) as client:
-        response = client.classify(list(images), model=model, top_k=top_k)
+        response = client.classify(list(images), model=model, top_k=top_k or 0)
     rows = [{"image": str(path), "predictions": [
         {"class": p.class_index, "label": p.label, "probability": round(p.probability, 6)} for p in r.predictions]}
         for path, r in zip(images, response.results, strict=True)]
@@ -72,10 +72,10 @@ def classify_command(images, model, top_k, addr, as_json, timeout):
 @click.option("--label", type=click.Choice(["auto"]), default=None, help="'auto': explain the predicted class")
 @click.option("--method", type=click.Choice(["vanilla", "smoothgrad", "integrated-gradients"]), default="vanilla",
               show_default=True)
-@click.option("--samples", type=click.IntRange(min=0), default=0, help="SmoothGrad samples (0: 25)")
-@click.option("--noise-level", type=float, default=None, help="SmoothGrad noise level (default 0.15)")
+@click.option("--samples", type=click.IntRange(min=0), default=0, help="SmoothGrad samples (0: the server's default)")
+@click.option("--noise-level", type=float, default=None, help="SmoothGrad noise level [server default]")
 @click.option("--seed", type=int, default=None, help="SmoothGrad seed")
-@click.option("--steps", type=click.IntRange(min=0), default=0, help="Integrated Gradients steps (0: 50)")
+@click.option("--steps", type=click.IntRange(min=0), default=0, help="Integrated Gradients steps (0: the server's default)")
 @click.option("--baseline", type=click.Choice(["black", "mean"]), default="black", show_default=True,
               help="Integrated Gradients baseline")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -125,8 +125,8 @@ def saliency_command(image, target_class, label, method, samples, noise_level, s
               help="the fooling image (PNG)")
 @click.option("--comparison", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write original | fooling image | magnified difference here")
-@click.option("--max-iterations", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--learning-rate", type=float, default=1.0, show_default=True)
+@click.option("--max-iterations", type=click.IntRange(min=0), default=None, help="[server default]")
+@click.option("--learning-rate", type=float, default=None, help="[server default]")
 @model_option
 @addr_option(SERVICE)
 @json_option
@@ -134,13 +134,13 @@ def saliency_command(image, target_class, label, method, samples, noise_level, s
 def fool_command(image, target_class, output, comparison, max_iterations, learning_rate, model, addr, as_json,
                  timeout):
     """Nudge IMAGE until the model calls it --target-class (gradient ascent, streamed)."""
-    with connect(SERVICE, addr, timeout) as client, progress(max_iterations or 100, "fooling", not as_json) as bar:
+    with connect(SERVICE, addr, timeout) as client, progress(max_iterations or None, "fooling", not as_json) as bar:
         def on_progress(p):
             bar.update(1)
             bar.set_postfix(p_target=f"{p.target_probability:.3f}", predicted=p.predicted_class)
 
-        response = client.fooling_image(image, target_class, model=model, learning_rate=learning_rate,
-                                        max_iterations=max_iterations, on_progress=on_progress)
+        response = client.fooling_image(image, target_class, model=model, learning_rate=learning_rate or 0.0,
+                                        max_iterations=max_iterations or 0, on_progress=on_progress)
     r = response.result
     _write_image(r.image, output)
     if comparison is not None:
@@ -164,12 +164,13 @@ def fool_command(image, target_class, output, comparison, max_iterations, learni
 @click.command("dream")
 @click.option("--class", "target_class", type=click.IntRange(min=0), required=True, help="class to visualise")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--learning-rate", type=float, default=25.0, show_default=True)
-@click.option("--l2-reg", type=float, default=1e-3, show_default=True)
-@click.option("--blur-every", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--max-jitter", type=click.IntRange(min=0), default=None, help="default 16 (at most size / 4)")
-@click.option("--show-every", type=click.IntRange(min=1), default=25, show_default=True)
+# Unset options take the server's defaults (ClassVisualizationOptions in pixelrpc.models.visualization.options).
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="[server default]")
+@click.option("--learning-rate", type=float, default=None, help="[server default]")
+@click.option("--l2-reg", type=float, default=None, help="[server default]")
+@click.option("--blur-every", type=click.IntRange(min=0), default=None, help="0: never [server default]")
+@click.option("--max-jitter", type=click.IntRange(min=0), default=None, help="[server default, at most size / 4]")
+@click.option("--show-every", type=click.IntRange(min=1), default=None, help="[server default]")
 @click.option("--seed", type=int, default=None)
 @click.option("--size", type=click.IntRange(min=0), default=0, help="image side (0: the model's input size)")
 @click.option("--previews", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -189,8 +190,9 @@ def dream_command(target_class, output, iterations, learning_rate, l2_reg, blur_
                 _write_image(p.preview, previews / f"iteration-{p.iteration:05d}.png")
 
         response = client.class_visualization(
-            target_class, model=model, num_iterations=iterations, learning_rate=learning_rate, l2_reg=l2_reg,
-            blur_every=blur_every, max_jitter=max_jitter, show_every=show_every, seed=seed, size=size,
+            target_class, model=model, num_iterations=iterations or 0, learning_rate=learning_rate or 0.0,
+            l2_reg=l2_reg, blur_every=blur_every, max_jitter=max_jitter, show_every=show_every or 0, seed=seed,
+            size=size,
             on_progress=on_progress)
     r = response.result
     _write_image(r.image, output)

@@ -13,7 +13,7 @@ import grpc
 from PIL import Image
 
 from pixelrpc.clients.errors import from_grpc
-from pixelrpc.clients.suite import service_config
+from pixelrpc.common.suite import service_config
 from pixelrpc.v1 import common_pb2, registry_pb2, registry_pb2_grpc, server_pb2, server_pb2_grpc
 
 ImageInput = bytes | str | os.PathLike | Image.Image  # encoded bytes, a file path, or a PIL image
@@ -23,6 +23,30 @@ DEFAULT_TIMEOUT = 60.0
 # Round robin over an address's targets, and each service's retry policy from the suite table (gRPC
 # applies it transparently before any response message has arrived).
 RETRY_SERVICE_CONFIG = service_config()
+
+
+_propagate = None  # opentelemetry.propagate once looked up; False when opentelemetry is not installed
+
+
+def trace_metadata() -> list[tuple[str, str]]:
+    """W3C ``traceparent`` / ``tracestate`` of the current OpenTelemetry span, for gRPC metadata.
+
+    Tracing is optional for the client: without opentelemetry installed, or outside a recording span,
+    this is empty and costs a global lookup. The propagators are the process's (``OTEL_PROPAGATORS``,
+    default W3C trace context and baggage).
+    """
+    global _propagate
+    if _propagate is None:
+        try:
+            from opentelemetry import propagate
+        except ImportError:
+            propagate = False
+        _propagate = propagate
+    if not _propagate:
+        return []
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return list(carrier.items())
 
 
 def image_pb(image: ImageInput) -> common_pb2.Image:
@@ -98,6 +122,11 @@ def channel_options(max_message_bytes: int, tls: TLSConfig | None) -> list[tuple
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
         ("grpc.enable_retries", 1),
+        # A replica that restarts takes traffic within a second: reconnect attempts back off from
+        # 0.1 s to at most 1 s (gRPC's default grows to 120 s, so a client could miss a restart
+        # for minutes, and its retries fail fast while the channel waits).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if tls is not None and tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -120,6 +149,7 @@ class _Base:
             md.append(("authorization", f"Bearer {self.token}"))
         if request_id:
             md.append(("x-request-id", request_id))
+        md.extend(trace_metadata())
         return md
 
 

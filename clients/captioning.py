@@ -25,6 +25,7 @@ from PIL import Image
 
 from pixelrpc.clients import errors
 from pixelrpc.clients.base import AsyncServiceClient, ServiceClient, image_pb
+from pixelrpc.common.refs import split_ref
 from pixelrpc.v1 import captioning_pb2 as pb
 from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
 from pixelrpc.v1 import common_pb2
@@ -152,8 +153,8 @@ class Explanation:
 
 def explain_request(image, caption: str | None, model: str | None, max_length: int,
                     overlays: bool) -> pb.ExplainCaptionRequest:
-    name, _, version = (model or "").partition(":")
-    return pb.ExplainCaptionRequest(model=common_pb2.ModelRef(name=name, version=int(version or 0)),
+    name, version = split_ref(model or "")
+    return pb.ExplainCaptionRequest(model=common_pb2.ModelRef(name=name, version=version),
                                     image=image_pb(image), caption=caption or "", max_length=max_length,
                                     render_overlays=overlays)
 
@@ -193,14 +194,14 @@ def build_job(value: CaptionInput, *, model: str = "", strategy: str = "greedy",
     """A ``CaptionJob``; ``model`` is NAME[:VERSION]; zeros take the server's defaults."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-    name, _, version = model.partition(":")
+    name, version = split_ref(model)
     options = pb.CaptionOptions(strategy=STRATEGIES[strategy], max_length=max_length, beam_width=beam_width,
                                 length_penalty=length_penalty, num_captions=num_captions)
     if temperature is not None:
         options.temperature = float(temperature)
     if seed is not None:
         options.seed = int(seed)
-    job = pb.CaptionJob(model=common_pb2.ModelRef(name=name, version=int(version or 0)), options=options)
+    job = pb.CaptionJob(model=common_pb2.ModelRef(name=name, version=version), options=options)
     input_job(job, value)
     return job
 

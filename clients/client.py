@@ -6,9 +6,9 @@ import os
 from collections.abc import Sequence
 
 from pixelrpc.clients.base import DEFAULT_TIMEOUT, TLSConfig
-from pixelrpc.clients.suite import SERVICES, service
+from pixelrpc.common.suite import SERVICES, service
 
-# Derived from the suite table (pixelrpc.clients.suite), for callers that want plain mappings.
+# Derived from the suite table (pixelrpc.common.suite), for callers that want plain mappings.
 DEFAULT_ADDRESSES = {name: spec.default_address for name, spec in SERVICES.items()}
 ENV_ADDRESSES = {name: spec.address_env for name, spec in SERVICES.items()}
 

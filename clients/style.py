@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from pixelrpc.clients.base import AsyncServiceClient, ImageInput, ServiceClient, image_pb
+from pixelrpc.common.refs import split_ref
 from pixelrpc.v1 import common_pb2
 from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -106,9 +107,9 @@ def build_job(content: ImageInput, styles: Sequence[ImageInput], *, style_weight
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
         parameters.optimizer = _OPTIMIZERS[optimizer]
-    name, _, version = model.partition(":")
+    name, version = split_ref(model)
     job = pb.StyleJob(content=image_pb(content), preset=preset, parameters=parameters,
-                      model=common_pb2.ModelRef(name=name, version=int(version or 0)))
+                      model=common_pb2.ModelRef(name=name, version=version))
     for i, style in enumerate(styles):
         entry = job.styles.add(image=image_pb(style))
         if style_weights is not None:

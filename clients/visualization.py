@@ -16,6 +16,7 @@ import numpy as np
 
 from pixelrpc.clients.base import AsyncServiceClient, ImageInput, ServiceClient, image_pb
 from pixelrpc.clients.errors import Internal
+from pixelrpc.common.refs import split_ref
 from pixelrpc.v1 import common_pb2
 from pixelrpc.v1 import visualization_pb2 as pb
 from pixelrpc.v1 import visualization_pb2_grpc as pb_grpc
@@ -31,10 +32,8 @@ def model_ref(model: str | None) -> common_pb2.ModelRef | None:
     """``"name"`` or ``"name:version"``; None: the service's default model."""
     if not model:
         return None
-    name, _, version = model.partition(":")
-    if version and not (version.isascii() and version.isdigit()):
-        raise ValueError(f"invalid model reference {model!r}: expected NAME or NAME:VERSION")
-    return common_pb2.ModelRef(name=name, version=int(version or 0))
+    name, version = split_ref(model)
+    return common_pb2.ModelRef(name=name, version=version)
 
 
 def to_pil(image: common_pb2.Image):
@@ -110,7 +109,7 @@ class VisualizationClient(ServiceClient):
         super().__init__(target, **kw)
         self.stub = pb_grpc.VisualizationServiceStub(self.channel)
 
-    def classify(self, images: ImageInput | Sequence[ImageInput], *, model: str | None = None, top_k: int = 5,
+    def classify(self, images: ImageInput | Sequence[ImageInput], *, model: str | None = None, top_k: int = 0,
                  timeout: float | None = None, request_id: str | None = None) -> pb.ClassifyResponse:
         return self.unary(self.stub.Classify, classify_request(images, model, top_k), timeout=timeout,
                           request_id=request_id)
@@ -163,7 +162,7 @@ class AsyncVisualizationClient(AsyncServiceClient):
         super().__init__(target, **kw)
         self.stub = pb_grpc.VisualizationServiceStub(self.channel)
 
-    async def classify(self, images: ImageInput | Sequence[ImageInput], *, model: str | None = None, top_k: int = 5, timeout: float | None = None,
+    async def classify(self, images: ImageInput | Sequence[ImageInput], *, model: str | None = None, top_k: int = 0, timeout: float | None = None,
                        request_id: str | None = None) -> pb.ClassifyResponse:
         return await self.unary(self.stub.Classify, classify_request(images, model, top_k), timeout=timeout,
                                 request_id=request_id)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 import secrets
+from typing import TypeVar
 
 from pixelrpc.models.errors import FieldViolation, InvalidInput
 
 SEED_LIMIT = 2**63
 SEED_RANGE = "[0, 2^63)"
 DRAWN_SEED_BITS = 62  # a drawn seed; any value in the range would do
+T = TypeVar("T")
 
 
 def seed_violation(seed: int | None, field: str) -> FieldViolation | None:
@@ -58,3 +60,10 @@ def check_positive(value: float, field: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise InvalidInput(f"{field} must be a finite number > 0, got {value!r}", field=field)
     return value
+
+
+def with_defaults(cls: type[T], **given) -> T:
+    """``cls(**given)`` without the arguments that are None, so the dataclass's own defaults fill them:
+    a servicer passes ``samples=request.samples or None`` ("0 or unset means the default") and never
+    restates a default."""
+    return cls(**{name: value for name, value in given.items() if value is not None})

@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 from google.rpc import status_pb2
 
-from pixelrpc.clients.suite import SERVICES
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.models.captioning.decoding import (
     MAX_LENGTH_LIMIT,
     Caption,
@@ -36,6 +36,7 @@ from pixelrpc.models.captioning.features import embed_images, load_pinned_encode
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput, PixelRPCError, clip
 from pixelrpc.models.options import resolve_seed
 from pixelrpc.models.registry import LoadedModel
+from pixelrpc.services import tracing
 from pixelrpc.services.captioning_batcher import BatchPolicy, ModelBatcher
 from pixelrpc.services.convert import tensor_to_numpy
 from pixelrpc.services.errors import rich_status, status_code_for
@@ -47,7 +48,7 @@ from pixelrpc.v1 import common_pb2
 
 log = logging.getLogger("pixelrpc.captioning")
 
-# This service's row of the suite table (pixelrpc.clients.suite): proto name, registry tasks, default models.
+# This service's row of the suite table (pixelrpc.common.suite): proto name, registry tasks, default models.
 SERVICE_NAME = SERVICES["captioning"].full_name
 TASKS = SERVICES["captioning"].tasks
 # A request that names no model gets the first of the table's default models present in the registry (see
@@ -125,6 +126,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
         self.batchers: dict[tuple, ModelBatcher] = ctx.state.setdefault(BATCHERS_KEY, {})
+        ctx.pending_sources.append(lambda: sum(len(b.pending) for b in list(self.batchers.values())))
 
     # ------------------------------------------------------------------ planning
     def resolve(self, job: pb.CaptionJob, call: Call | None = None) -> tuple[LoadedModel, DecodeOptions, str]:
@@ -177,7 +179,9 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
         if planner is None:
             raise FailedPrecondition(f"encoder {encoder.manifest.ref} cannot take images (it has no plan_input)")
         admitted = await call.admit_images([(job.image, "job.image", planner)], wait=run is not None)
-        features = await (run or call.run)(self.encode_image, loaded, encoder, admitted)  # one slot: decode + encode
+        with tracing.span(self.ctx.tracer, "encode image", {tracing.MODEL_ATTR: encoder.manifest.ref,
+                                                             tracing.REQUEST_ID_ATTR: call.request_id}):
+            features = await (run or call.run)(self.encode_image, loaded, encoder, admitted)  # one slot: decode + encode
         return CaptionPlan(loaded, features, options, encoder)
 
     # ------------------------------------------------------------------ decoding
@@ -196,10 +200,11 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                                  max_pending=max(1, self.ctx.settings.queue_depth) * size)
             # The worker serves requests that were admitted already: it waits for its slot in line
             # (reacquire) and is never refused, whatever the queue holds.
+            on_batch, on_inferences = self.ctx.metrics.batch_observer(self.ctx.name, loaded.manifest.ref)
             batcher = ModelBatcher(
                 loaded.model, policy=policy, dtype=self.decode_dtype(loaded), executor=jobs.executor, acquire_slot=jobs.reacquire,
                 release_slot=jobs.release, max_length_limit=MAX_LENGTH_LIMIT,
-                observe_batch=self.ctx.metrics.batch_size.labels(self.ctx.name).observe)
+                observe_batch=on_batch, count_inferences=on_inferences)
             self.batchers[key] = batcher
         return batcher
 
@@ -214,6 +219,9 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
         """Decode through the model's batcher; without one, in the executor (``run``: see ``plan``)."""
         batcher = self.batcher_for(plan.loaded)
         dtype = self.decode_dtype(plan.loaded)
+        if batcher is None:  # one execution, one inference: a batch of one
+            for count in self.ctx.metrics.batch_observer(self.ctx.name, plan.loaded.manifest.ref):
+                count(1)
         if batcher is not None:
             async for item in batcher.stream(plan.features, plan.options, call.cancel, want_tokens):
                 if isinstance(item, Finished):  # the decoding steps this request took part in
@@ -231,19 +239,16 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
     def decode_dtype(self, loaded: LoadedModel) -> str | None:
         """The decoding dtype: setting ``decode_dtype`` > manifest ``serving.decode_dtype`` > the model's
         own (float32 for trained captioners). Both float32 and float64 are batch-invariant."""
-        explicit = getattr(self.ctx.settings, "decode_dtype", "") or ""
-        serving = loaded.manifest.metadata.get("serving") or {}
-        dtype = explicit or serving.get("decode_dtype") or None
-        if dtype not in (None, "float32", "float64"):
-            where = "PIXELRPC_DECODE_DTYPE" if explicit else f"model {loaded.manifest.ref}'s serving.decode_dtype"
-            raise FailedPrecondition(f"{where} is {clip(str(dtype))!r}: expected float32 or float64")
-        return dtype
+        return loaded.serving.decode_dtype_for(getattr(self.ctx.settings, "decode_dtype", "") or "",
+                                               loaded.manifest.ref)
 
     async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
         plan = await self.plan(job, call, run)
         batcher = self.batcher_for(plan.loaded)
         if batcher is not None:  # the common path, without an async generator per request
-            finished = await batcher.decode(plan.features, plan.options, call.cancel)
+            with tracing.span(self.ctx.tracer, "decode caption (batched)", {
+                    tracing.MODEL_ATTR: plan.loaded.manifest.ref, tracing.REQUEST_ID_ATTR: call.request_id}):
+                finished = await batcher.decode(plan.features, plan.options, call.cancel)
             call.compute_ms += finished.compute_ms
             return self.result_pb(plan, finished, call)
         async for item in self.events(plan, call, want_tokens=False, run=run):
@@ -369,5 +374,5 @@ def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
     model = loaded.model
     if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
         return
-    dtype = ctx.settings.decode_dtype or (loaded.manifest.metadata.get("serving") or {}).get("decode_dtype")
-    decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2), dtype=dtype or None)
+    dtype = loaded.serving.decode_dtype_for(ctx.settings.decode_dtype, loaded.manifest.ref)
+    decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2), dtype=dtype)

@@ -87,13 +87,16 @@ class ModelBatcher:
 
     def __init__(self, model, *, policy: BatchPolicy, executor, acquire_slot: Callable | None = None,
                  release_slot: Callable | None = None, observe_batch: Callable[[int], None] | None = None,
-                 max_length_limit: int = 100, dtype=None):
+                 count_inferences: Callable[[int], None] | None = None, max_length_limit: int = 100, dtype=None):
         self.model = model
         self.dtype = dtype
         self.policy = policy
         self.executor = executor
         self._acquire_slot, self._release_slot = acquire_slot, release_slot
-        self._observe = observe_batch
+        # Metrics: observe_batch(size) once per batch (a run of decoding steps over the same
+        # requests, Triton's model execution), count_inferences(n) per finished request.
+        self._observe, self._count = observe_batch, count_inferences
+        self._new_batch = True  # the next step's requests differ from the last step's
         self.max_length_limit = max_length_limit
         # Built in the executor on the first step: preparing the weights (and, once per weight shape,
         # measuring the BLAS's row padding) takes long enough to stall the event loop.
@@ -192,7 +195,12 @@ class ModelBatcher:
                 if not admit and not self.active and not drop:
                     continue
                 try:
-                    outcome = await loop.run_in_executor(self.executor, self._step, admit, drop)
+                    try:
+                        outcome = await loop.run_in_executor(self.executor, self._step, admit, drop)
+                    except RuntimeError as exc:  # the executor was shut down: the server is stopping
+                        if "shutdown" not in str(exc):
+                            raise
+                        raise Cancelled("the server stopped before the caption was decoded") from None
                 except Exception as exc:  # noqa: BLE001 - a decoding bug fails the batch, not the server
                     if not isinstance(exc, PixelRPCError):  # e.g. FailedPrecondition: a model that cannot decode
                         log.exception("caption decoding step failed; failing %d requests",
@@ -217,6 +225,7 @@ class ModelBatcher:
                 drop.append(request)
                 del self.active[request.handle]
                 self._finish(request, error)
+                self._new_batch = True
         admit = []
         room = self.policy.max_batch_size - len(self.active)
         while self.pending and len(admit) < room:
@@ -285,9 +294,11 @@ class ModelBatcher:
             self.stats.steps += outcome.steps
             self.stats.max_batch = max(self.stats.max_batch, outcome.batch)
             self.stats.batch_sizes[outcome.batch] = self.stats.batch_sizes.get(outcome.batch, 0) + outcome.steps
-            if self._observe is not None:
-                for _ in range(outcome.steps):
-                    self._observe(outcome.batch)
+            if outcome.admitted:
+                self._new_batch = True
+            if self._new_batch and self._observe is not None:
+                self._observe(outcome.batch)  # once per batch, not per decoding step
+            self._new_batch = False
         for event in outcome.events:
             request = self.active.get(event.request)
             if request is not None and request.want_tokens and not request.gone and request.queue is not None:
@@ -297,6 +308,10 @@ class ModelBatcher:
             if request is not None:
                 self.stats.requests += 1
                 self._finish(request, Finished(captions, compute_ms=request.compute_s * 1000.0))
+        if outcome.finished:
+            self._new_batch = True
+            if self._count is not None:
+                self._count(len(outcome.finished))
 
     @staticmethod
     def _finish(request: _Request, item) -> None:
@@ -318,4 +333,5 @@ class ModelBatcher:
         for request in self.active.values():
             self._finish(request, exc)
         self.active.clear()
+        self._new_batch = True
         self.decoder = None  # a fresh one on the next step

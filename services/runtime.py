@@ -8,6 +8,7 @@ result. ``@rpc`` gives every method the same request id, access log line, metric
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import functools
 import inspect
@@ -43,8 +44,9 @@ from pixelrpc.models.imaging import (
     read_header,
 )
 from pixelrpc.models.registry import LoadedModel, ModelCache, Registry
+from pixelrpc.services import tracing
 from pixelrpc.services.errors import REQUEST_ID_KEY, abort, status_code_for
-from pixelrpc.services.metrics import Metrics
+from pixelrpc.services.metrics import Metrics, split_ref
 from pixelrpc.services.settings import Settings
 from pixelrpc.services.streaming import SlotLease, send_stream
 from pixelrpc.v1 import common_pb2
@@ -171,7 +173,7 @@ def compute_runner(executor: ThreadPoolExecutor) -> Callable[[Callable[[], T]], 
     def run(fn: Callable[[], T]) -> T:
         if getattr(_compute_thread, "active", False):
             return fn()
-        return executor.submit(fn).result()
+        return executor.submit(contextvars.copy_context().run, fn).result()  # the caller's trace context
 
     return run
 
@@ -276,10 +278,19 @@ class ServiceContext:
     _model_calls: dict = field(default_factory=dict, repr=False)
     _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     pixels: PixelBudget | None = None  # server-wide decoded pixels in flight (shared by a server's services)
+    tracer: Any = None  # an OpenTelemetry tracer when tracing is on (services/tracing.py), else None
+    # Work waiting elsewhere than the job queue, e.g. captions waiting for a batch: callables -> count.
+    pending_sources: list[Callable[[], int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.pixels is None:
             self.pixels = PixelBudget(self.settings.max_pixels_in_flight)
+        self.metrics.watch_queue(self.name, self.pending, self.settings.queue_depth)
+
+    def pending(self) -> int:
+        """Work waiting now: calls queued for a job slot, admitted work waiting to take one again, and
+        whatever ``pending_sources`` report (the ``pixelrpc_queue_pending`` gauge)."""
+        return self.jobs._waiting + self.jobs.rejoining + sum(source() for source in self.pending_sources)
 
     @property
     def device(self) -> str:
@@ -380,13 +391,13 @@ class ServiceContext:
     def _apply_model_serving(self, loaded: LoadedModel, call: Call) -> None:
         """Per-model limits from the manifest's ``serving`` section: ``max_concurrency`` (calls beyond it
         get RESOURCE_EXHAUSTED) and ``timeout_s`` (caps the call's deadline)."""
-        serving = loaded.manifest.metadata.get("serving") or {}
-        timeout = float(serving.get("timeout_s") or 0)
+        serving = loaded.serving
+        timeout = serving.timeout_s
         if timeout > 0:
             limit_at = time.monotonic() + timeout
             if call.cancel.deadline is None or limit_at < call.cancel.deadline:
                 call.cancel.deadline = limit_at
-        limit = int(serving.get("max_concurrency") or 0)
+        limit = serving.max_concurrency
         if limit <= 0:
             return
         ref = loaded.manifest.ref
@@ -405,11 +416,7 @@ class ServiceContext:
 
     def serving_config(self, loaded: LoadedModel, key: str, default: Any) -> Any:
         """A per-model serving setting: explicit service setting > manifest ``serving`` > default."""
-        explicit = getattr(self.settings, key, None)
-        if isinstance(explicit, int | float) and not isinstance(explicit, bool) and explicit > 0:
-            return explicit
-        serving = loaded.manifest.metadata.get("serving") or {}
-        return serving.get(key, default)
+        return loaded.serving.setting(key, getattr(self.settings, key, None), default)
 
 
 class Call:
@@ -434,6 +441,7 @@ class Call:
         self.model_choice = ""  # set when the server chose the model (the request named none)
         self.status = grpc.StatusCode.OK
         self.on_end: list[Callable[[], None]] = []
+        self.trace = None  # (span, token) of the RPC's span when tracing is on
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run blocking work in the bounded executor; one job slot for its duration.
@@ -520,16 +528,17 @@ class Call:
         """Run ``fn(*args)`` in a worker; ``pending`` receives the future (the step that may outlive a cancel)."""
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        future = loop.run_in_executor(self.ctx.jobs.executor, fn, *args)
-        if pending is not None:
-            pending[:] = [future]
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            self.cancel.cancel("the call was cancelled")
-            raise
-        finally:
-            self.compute_ms += (time.perf_counter() - start) * 1000.0
+        with tracing.span(self.ctx.tracer, tracing.step_name(fn, self.method), {tracing.REQUEST_ID_ATTR: self.request_id}):
+            future = loop.run_in_executor(self.ctx.jobs.executor, contextvars.copy_context().run, fn, *args)
+            if pending is not None:
+                pending[:] = [future]
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                self.cancel.cancel("the call was cancelled")
+                raise
+            finally:
+                self.compute_ms += (time.perf_counter() - start) * 1000.0
 
     async def control(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run short blocking work (registry reads, model resolution, image headers) without a job slot.
@@ -540,7 +549,8 @@ class Call:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            return await loop.run_in_executor(self.ctx.jobs.control, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(self.ctx.jobs.control, functools.partial(
+                contextvars.copy_context().run, fn, *args, **kwargs))  # model loads join the call's trace
         finally:
             self.compute_ms += (time.perf_counter() - start) * 1000.0
 
@@ -585,6 +595,7 @@ class Call:
     def _account_queue(self, seconds: float) -> None:
         self.queue_ms += seconds * 1000.0
         self.ctx.metrics.queue_time.labels(self.ctx.name).observe(seconds)
+        tracing.record(self.ctx.tracer, "queue wait", seconds, {tracing.REQUEST_ID_ATTR: self.request_id})
 
     def meta(self, loaded: LoadedModel | None = None, seed: int | None = None,
              choice: str = "") -> common_pb2.ResponseMeta:
@@ -657,6 +668,8 @@ def rpc(method):
         call = Call(ctx, context, name)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         ctx.metrics.in_flight.labels(ctx.name).inc()
+        if ctx.tracer is not None:
+            call.trace = tracing.start_rpc(ctx.tracer, context, tracing.service_name(self), name, call.request_id)
         return call, time.perf_counter()
 
     def _end(self, call: Call, started: float) -> None:
@@ -668,8 +681,11 @@ def rpc(method):
         if call.status == grpc.StatusCode.CANCELLED and call.deadline_passed():
             call.status = grpc.StatusCode.DEADLINE_EXCEEDED  # e.g. a stream closed by grpc at the deadline
         code = call.status
-        ctx.metrics.requests.labels(ctx.name, name, code.name).inc()
-        ctx.metrics.latency.labels(ctx.name, name).observe(seconds)
+        model, version = split_ref(call.model)
+        ctx.metrics.requests.labels(ctx.name, name, code.name, model, version).inc()
+        ctx.metrics.latency.labels(ctx.name, name, model, version).observe(seconds)
+        ctx.metrics.compute.labels(ctx.name, name, model, version).observe(call.compute_ms / 1000.0)
+        tracing.end_rpc(call.trace, code.name, code.value[0], call.model)
         record = {"service": ctx.name, "method": name, "code": code.name, "request_id": call.request_id,
                   "ms": round(seconds * 1000, 2), "queue_ms": round(call.queue_ms, 2),
                   "compute_ms": round(call.compute_ms, 2), "peer": call.peer, "model": call.model}

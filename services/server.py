@@ -21,10 +21,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pixelrpc.clients.suite import SERVICES, service
+from pixelrpc.common.suite import SERVICES, service
 from pixelrpc.models.errors import PixelRPCError
 from pixelrpc.models.registry import ModelCache, Registry, parse_ref
-from pixelrpc.services import registry_service, server_info
+from pixelrpc.services import registry_service, server_info, tracing
 from pixelrpc.services.interceptors import AuthInterceptor, ParseInterceptor
 from pixelrpc.services.logs import configure_logging
 from pixelrpc.services.metrics import Metrics
@@ -34,7 +34,7 @@ from pixelrpc.services.settings import Settings, default_torch_threads
 log = logging.getLogger("pixelrpc.server")
 
 # The services, their modules, health names, tasks and default models: the suite table
-# (pixelrpc.clients.suite.SERVICES). A service's module defines add_to_server(server, ctx) and
+# (pixelrpc.common.suite.SERVICES). A service's module defines add_to_server(server, ctx) and
 # optionally warmup(ctx, loaded).
 # ServiceContext.state keys the server keeps current for GetServerInfo and the registry service.
 REGISTRY_STATUS_KEY = server_info.REGISTRY_STATUS_KEY
@@ -305,6 +305,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     interceptors.append(ParseInterceptor())
     server = grpc.aio.server(options=options, interceptors=interceptors)
     metrics = Metrics()
+    tracer = tracing.tracer_for(settings.tracing)  # None unless tracing is on (docs/observability.md)
     device = settings.resolved_device()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -323,14 +324,15 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
         cache = ModelCache(registry, max_models=settings.model_cache_size,
                            refresh_seconds=settings.registry_refresh_seconds, device=device,
                            device_is_explicit=bool(settings.device),
-                           on_load=lambda m, s: metrics.model_load.labels(m.ref).observe(s),
+                           on_load=lambda m, s: (metrics.model_load.labels(m.ref).observe(s), tracing.record(
+                               tracer, "model load", s, {tracing.MODEL_ATTR: m.ref})),
                            on_golden=lambda m, r: (metrics.golden_failures.labels(m.ref).inc()
                                                    if r.state == "failed" else None),
                            compute=compute_runner(executor))
         jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name,
                          executor=executor)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,
-                             metrics=metrics, tasks=spec.tasks, services=served, pixels=pixels)
+                             metrics=metrics, tasks=spec.tasks, services=served, pixels=pixels, tracer=tracer)
         contexts[name] = ctx
         module.add_to_server(server, ctx)
         served.append(spec.full_name)

@@ -3,7 +3,7 @@
 Every field can be set through the environment as ``PIXELRPC_<FIELD>`` (upper case), e.g.
 ``PIXELRPC_QUEUE_DEPTH=32``. In ``pixelrpc serve all`` the per-service ports come from
 ``PIXELRPC_<SERVICE>_PORT`` and ``PIXELRPC_<SERVICE>_METRICS_PORT``; the default ports are the suite
-table's (``pixelrpc.clients.suite``).
+table's (``pixelrpc.common.suite``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from pixelrpc.clients.suite import service as service_spec
+from pixelrpc.common.suite import service as service_spec
 from pixelrpc.models.imaging import ImageLimits
 
 MIB = 1024 * 1024
@@ -64,63 +64,116 @@ def default_device() -> str:
 
 @dataclass
 class Settings:
+    """Every server setting. Each field's ``#:`` comment is its documentation: scripts/gen_config_docs.py
+    renders them into docs/configuration.md (``make docs``; ``make test`` fails when it is stale)."""
+
+    #: Bind address (`0.0.0.0` in containers).
     host: str = "127.0.0.1"
+    #: Port of a single service; 0: the service's default (captioning 50051, visualization 50052, style
+    #: 50053). In `serve all`: `PIXELRPC_<SERVICE>_PORT`.
     port: int = 0
+    #: Registry root folder; empty: `~/.cache/pixelrpc/registry`.
     registry: str = ""  # "" -> PIXELRPC_REGISTRY or ~/.cache/pixelrpc/registry
+    #: Largest gRPC message, in bytes, both directions (the client library's default is the same).
     max_message_bytes: int = 64 * MIB
+    #: Largest encoded image, in bytes (`RESOURCE_EXHAUSTED` above).
     max_image_bytes: int = 48 * MIB
+    #: Largest image, in pixels claimed by its header and in decoded pixels (4 bytes of decoder memory
+    #: each); `INVALID_ARGUMENT`, checked before decoding (see serving.md, Admission). Lowered from 36
+    #: to 24 million so one maximal image stays well inside a 300 MB budget above idle.
     max_image_pixels: int = 24_000_000  # decoded pixels of one image (see models/imaging.py)
+    #: Largest side, in pixels, of the images iterative jobs compute at (style transfer, fooling, class
+    #: visualization).
     max_image_side: int = 1024
+    #: Most iterations of an iterative job (also SmoothGrad samples and Integrated Gradients steps).
     max_iterations: int = 1000
-    # Threads that run jobs (torch work), shared by the services of a process: 1 keeps one OpenMP pool
-    # (see JobRunner); max_concurrency still bounds the jobs admitted at once.
+    #: Threads that run jobs (the torch work), shared by a process's services; `max_concurrency` jobs
+    #: are admitted and take turns on them step by step. Keep 1 on CPU: torch called from two threads at
+    #: once runs two OpenMP pools that spin against each other (a SqueezeNet forward went from 7.5 ms to
+    #: 13-15 ms on 2 cores).
     worker_threads: int = 1
+    #: `torch.set_num_threads`; 0: the CPUs the process may use (affinity, cgroup `cpu.max`), at most 4
+    #: (a 2-core box: 2). Several services on one host (compose): 2 each with `OMP_WAIT_POLICY=PASSIVE`
+    #: (compose's default), or split the cores (e.g. 1 each) when they are busy at once.
     torch_threads: int = 0  # torch intra-op threads; 0: the CPUs this process may use, at most 4
+    #: Compute device; empty: `cuda` when torch sees a GPU, else `cpu`. Overrides a manifest's
+    #: `serving.device`.
     device: str = ""  # "" -> cuda when available, else cpu
-    # Calls that may wait for a job slot; more get RESOURCE_EXHAUSTED. A waiting call holds only its
-    # request message (images are decoded when it runs), so a deep queue is cheap and turns bursts of
-    # clients (64 concurrent captioners, issue 10) into waiting instead of refusals.
+    #: Calls that may wait for a job slot; more get `RESOURCE_EXHAUSTED`. A waiting call holds only its
+    #: request message, so the queue is deep: bursts of clients wait instead of being refused.
     queue_depth: int = 128
+    #: Jobs running at once per service.
     max_concurrency: int = 2
+    #: Log level (`DEBUG`, `INFO`, `WARNING`, ...).
     log_level: str = "INFO"
+    #: `text` or `json` (one JSON object per line, access lines included).
     log_format: str = "text"  # "text" or "json"
+    #: Prometheus `/metrics` port; -1: the service's default (9101 / 9102 / 9103; in `serve all`:
+    #: `PIXELRPC_<SERVICE>_METRICS_PORT`), 0: off.
     metrics_port: int = -1  # -1: the service's default port, 0: off
+    #: Serve TLS with this certificate (PEM path); needs `tls_key`. Empty: plaintext.
     tls_cert: str = ""
+    #: The TLS certificate's private key (PEM path).
     tls_key: str = ""
+    #: When set, every RPC except health needs `authorization: Bearer <token>`; the client library and
+    #: the CLI send it from the same variable.
     auth_token: str = ""
+    #: Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace: float = 10.0
+    #: Seconds `NOT_SERVING` is announced before the server stops accepting calls.
     shutdown_delay: float = 0.5  # seconds NOT_SERVING is announced before the server stops accepting
+    #: Models kept loaded per service (LRU).
     model_cache_size: int = 8
+    #: How often, in seconds, the default version of a loaded model is re-read (a new default is loaded,
+    #: then swapped in) and a gone registry is looked for again.
     registry_refresh_seconds: float = 2.0
+    #: Comma-separated `NAME[:V]` loaded, golden-checked and warmed before the services report
+    #: `SERVING`; a failure exits 1 naming each failed model.
     preload: str = ""  # comma-separated model refs to load and warm before reporting SERVING
+    #: The model a request that names none gets; empty: each service's preference list (see models.md).
     default_model: str = ""  # the model a request that names none gets (else each service's preference list)
-    # Dynamic batching (captioning); a model's manifest "serving" section may override the defaults,
-    # and these explicit overrides win over the manifest when set (> 0).
+    #: Dynamic batching of captions: most requests decoded together; 0: the manifest's
+    #: `serving.max_batch_size`, else the service's default. Above 0, it overrides the manifest.
     max_batch_size: int = 0
+    #: Dynamic batching: milliseconds a batch waits for more requests; -1 (or 0): the manifest's
+    #: `serving.max_batch_delay_ms`, else the service's default. Above 0, it overrides the manifest.
     max_batch_delay_ms: float = -1.0
-    # Caption decoding dtype ("float32" or "float64"; empty: the manifest's serving.decode_dtype, else
-    # the model's own dtype). Decoding is batch-invariant in both.
+    #: Caption decoding dtype, `float32` or `float64`; empty: the manifest's `serving.decode_dtype`,
+    #: else the model's own dtype. Decoding is batch-invariant in both.
     decode_dtype: str = ""
+    #: Serve gRPC server reflection (`grpcurl -plaintext localhost:50051 list`).
     reflection: bool = True
-    # Mutual TLS: a CA bundle (PEM path); when set, the TLS server requires every client to present a
-    # certificate signed by it (needs tls_cert and tls_key).
+    #: Mutual TLS: a CA bundle (PEM path); every client must present a certificate signed by it (needs
+    #: `tls_cert`); a client without one fails the handshake (`UNAVAILABLE`), health checks included.
     tls_client_ca: str = ""
-    # Streams (flow control): a streaming job computes at most stream_send_window messages ahead of
-    # what gRPC has accepted for its client, and gives its job slot back while it waits; a stream
-    # whose client accepts nothing for stream_stall_seconds is ended with ABORTED. A CaptionStream
-    # reads its next item only while fewer than caption_stream_window of its items are in progress.
+    #: A stream whose client accepts no message for this many seconds is ended with `ABORTED` ("stream
+    #: stalled"), its job stopped and freed; 0: no limit.
     stream_stall_seconds: float = 30.0
+    #: Messages a streaming job computes ahead of what gRPC has accepted for its client; when they wait,
+    #: the job gives its job slot back until the client reads.
     stream_send_window: int = 2
+    #: Items of one `CaptionStream` in progress; the next request is read only when one is answered.
     caption_stream_window: int = 32
-    # Readiness: per-service health stays NOT_SERVING until the service's default model (or every model
-    # of ``preload``) is loaded, golden-checked and warmed; ``""`` is liveness only.
+    #: Readiness: each service's health name stays `NOT_SERVING` until its preload models (or, without a
+    #: preload list, its default model) are loaded, golden-checked and warmed, retrying every
+    #: `registry_refresh_seconds`; `""` stays liveness.
     require_models: bool = False
     # Admission (models/imaging.py): image shapes refused from the header, and decoded-pixel budgets
     # (a decoded pixel is 4 bytes of decoder memory) per request and for the whole server.
+    #: Largest ratio of an image's longest to shortest side (`INVALID_ARGUMENT`, from the header).
     max_image_aspect: float = 32.0
+    #: Largest factor an image is enlarged by to reach the size a job works at (`INVALID_ARGUMENT`, from
+    #: the header).
     max_image_upscale: float = 32.0
+    #: Decoded pixels summed over one request's images (`RESOURCE_EXHAUSTED`, before decoding).
     max_request_pixels: int = 192_000_000
+    #: Decoded pixels admitted server-wide and not yet decoded; beyond it `RESOURCE_EXHAUSTED` with
+    #: `RetryInfo`.
     max_pixels_in_flight: int = 48_000_000
+    #: OpenTelemetry tracing (docs/observability.md); also on when `OTEL_TRACES_EXPORTER` or
+    #: `OTEL_EXPORTER_OTLP_ENDPOINT` is set, off when `OTEL_SDK_DISABLED=true`; off by default.
+    tracing: bool = False
+    #: Not read from the environment: free-form settings passed in code (no service reads it today).
     extra: dict = field(default_factory=dict)
 
     @property

@@ -1,7 +1,8 @@
 """``pixelrpc.v1.StyleTransferService``: Gatys style transfer, streamed step by step.
 
-The servicer converts a request into the arguments of ``pixelrpc.models.style.style_transfer_steps``
-(preset, then the request's overrides), enforces the server's limits, and steps the domain generator through
+The servicer converts a request into ``StyleOptions`` (``pixelrpc.models.style.options``: the preset,
+then the request's overrides), checks them against the server's limits (``StyleOptions.validate``),
+and steps the domain generator (``pixelrpc.models.style.transfer.stylize``) through
 ``call.steps``: one job slot per job, a bounded queue in front of the slots, and a cancelled or
 expired call stops within one iteration, its generator closed and its tensors released.
 
@@ -14,35 +15,32 @@ each is decoded straight to the size the job computes at, one at a time, in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from pixelrpc.clients.suite import SERVICES
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.models.errors import InvalidInput
 from pixelrpc.models.imaging import ImageHeader, ImageLimits, WorkingPlan, plan_working
-from pixelrpc.models.options import check_count, resolve_seed
+from pixelrpc.models.options import resolve_seed
 from pixelrpc.models.registry import LoadedModel
-from pixelrpc.models.style import PRESETS, StyleProgress, get_preset, style_transfer_steps
-from pixelrpc.models.style.presets import multipliers_for
+from pixelrpc.models.style import PRESETS, StyleProgress
+from pixelrpc.models.style.options import DEFAULT_PRESET, MAX_STYLES, StyleOptions
+from pixelrpc.models.style.transfer import stylize, warm_up
 from pixelrpc.services.convert import image_pb_from_pil
 from pixelrpc.services.runtime import Call, ImageAdmission, Planner, ServiceContext, rpc, trim_heap
 from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
 
-# This service's row of the suite table (pixelrpc.clients.suite): proto name, registry tasks, default models.
+# This service's row of the suite table (pixelrpc.common.suite): proto name, registry tasks, default models.
 SERVICE_NAME = SERVICES["style"].full_name
 TASKS = SERVICES["style"].tasks
 # A request that names no model gets the first of the table's default models present in the registry;
 # see ServiceContext.choose_default for the whole rule. The choice is reported in ResponseMeta.model_choice.
 DEFAULT_MODELS = SERVICES["style"].default_models
-MAX_STYLES = 8
-# Schedule defaults (the assignment's); presets set the rest.
-SCHEDULE = {"iterations": 200, "lr": 3.0, "decayed_lr": 0.1, "decay_at": 180, "init": "content",
-            "preserve_color": False, "optimizer": "adam"}
 _INIT_NAMES = {pb.STYLE_INIT_CONTENT: "content", pb.STYLE_INIT_RANDOM: "random"}
 _OPTIMIZER_NAMES = {pb.STYLE_OPTIMIZER_ADAM: "adam", pb.STYLE_OPTIMIZER_LBFGS: "lbfgs"}
-# StyleParameters field -> style_transfer_steps keyword
+# StyleParameters field -> StyleOptions field
 _SCALAR_FIELDS = {"image_size": "image_size", "style_size": "style_size", "content_layer": "content_layer",
                   "content_weight": "content_weight", "tv_weight": "tv_weight", "iterations": "iterations",
                   "learning_rate": "lr", "decayed_learning_rate": "decayed_lr", "decay_at": "decay_at"}
@@ -50,53 +48,54 @@ _SCALAR_FIELDS = {"image_size": "image_size", "style_size": "style_size", "conte
 
 @dataclass
 class StylePlan:
-    """A checked job: decoded images, the model and the keyword arguments of the domain call."""
+    """A checked job: decoded images, the model and the options of the domain call (seed resolved)."""
 
     content: Image.Image
     styles: list[Image.Image]
     blend: list[float]
     loaded: LoadedModel
-    kwargs: dict
-    seed: int
+    options: StyleOptions
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
 
 
-def resolve_parameters(job: pb.StyleJob) -> dict:
-    """Preset (or the defaults) overridden by the fields the request sets; weights in reference units."""
-    params = dict(SCHEDULE, **get_preset(job.preset or "starry_night").kwargs())
+def options_from_pb(job: pb.StyleJob) -> StyleOptions:
+    """Preset (default ``DEFAULT_PRESET``) overridden by the fields the request sets; weights in reference
+    units. The seed is the job's (``job.seed``), resolved by the caller."""
     given = job.parameters
-    for name, key in _SCALAR_FIELDS.items():
-        if given.HasField(name):
-            params[key] = getattr(given, name)
+    overrides: dict = {key: getattr(given, name) for name, key in _SCALAR_FIELDS.items() if given.HasField(name)}
     if len(given.style_layers) or len(given.style_weights):
         if len(given.style_layers) != len(given.style_weights):
             raise InvalidInput(
                 f"parameters.style_layers ({len(given.style_layers)}) and parameters.style_weights "
                 f"({len(given.style_weights)}) must be given together, one weight per layer",
                 field="job.parameters.style_weights")
-        params["style_layers"] = tuple(int(v) for v in given.style_layers)
-        params["style_weights"] = tuple(float(v) for v in given.style_weights)
+        overrides["style_layers"] = tuple(int(v) for v in given.style_layers)
+        overrides["style_weights"] = tuple(float(v) for v in given.style_weights)
     if given.init != pb.STYLE_INIT_UNSPECIFIED:
         if given.init not in _INIT_NAMES:
             raise InvalidInput(f"parameters.init {given.init} is not a StyleInit value", field="job.parameters.init")
-        params["init"] = _INIT_NAMES[given.init]
-    params["preserve_color"] = bool(given.preserve_color)
+        overrides["init"] = _INIT_NAMES[given.init]
+    overrides["preserve_color"] = bool(given.preserve_color)
     if given.optimizer != pb.STYLE_OPTIMIZER_UNSPECIFIED:
         if given.optimizer not in _OPTIMIZER_NAMES:
             raise InvalidInput(f"parameters.optimizer {given.optimizer} is not a StyleOptimizer value",
                                field="job.parameters.optimizer")
-        params["optimizer"] = _OPTIMIZER_NAMES[given.optimizer]
-    return params
+        overrides["optimizer"] = _OPTIMIZER_NAMES[given.optimizer]
+    return StyleOptions.from_preset(job.preset or DEFAULT_PRESET, **overrides)
 
 
-def parameters_pb(params: dict) -> pb.StyleParameters:
+def parameters_pb(options: StyleOptions) -> pb.StyleParameters:
     """The resolved parameters, as the request would have spelled them."""
-    out = pb.StyleParameters(style_layers=list(params["style_layers"]), style_weights=list(params["style_weights"]),
-                             init=pb.STYLE_INIT_RANDOM if params["init"] == "random" else pb.STYLE_INIT_CONTENT,
-                             preserve_color=params["preserve_color"],
-                             optimizer=pb.STYLE_OPTIMIZER_LBFGS if params.get("optimizer") == "lbfgs"
+    out = pb.StyleParameters(style_layers=list(options.style_layers), style_weights=list(options.style_weights),
+                             init=pb.STYLE_INIT_RANDOM if options.init == "random" else pb.STYLE_INIT_CONTENT,
+                             preserve_color=options.preserve_color,
+                             optimizer=pb.STYLE_OPTIMIZER_LBFGS if options.optimizer == "lbfgs"
                              else pb.STYLE_OPTIMIZER_ADAM)
     for name, key in _SCALAR_FIELDS.items():
-        setattr(out, name, params[key])
+        setattr(out, name, getattr(options, key))
     return out
 
 
@@ -119,19 +118,15 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         self.ctx = ctx
 
     # ------------------------------------------------------------------ request -> plan
-    def check_job(self, job: pb.StyleJob) -> dict:
-        """The job's parameters, checked against the server's limits (cheap: no image is read)."""
+    def check_job(self, job: pb.StyleJob) -> StyleOptions:
+        """The job's options, checked against the server's limits (cheap: no image is read)."""
         settings = self.ctx.settings
-        params = resolve_parameters(job)
-        check_count(params["iterations"], "job.parameters.iterations", maximum=settings.max_iterations)
-        for key in ("image_size", "style_size"):
-            if params[key] > settings.max_image_side:
-                raise InvalidInput(f"{key}={params[key]} is over this server's max_image_side="
-                                   f"{settings.max_image_side}", field=f"job.parameters.{key}")
+        options = options_from_pb(job).validate(settings.max_iterations, settings.max_image_side,
+                                                prefix="job.parameters.")
         if len(job.styles) > MAX_STYLES:
             raise InvalidInput(f"{len(job.styles)} style images sent; at most {MAX_STYLES} are blended",
                                field="job.styles")
-        return params
+        return options
 
     def model(self, job: pb.StyleJob, call: Call | None = None) -> LoadedModel:
         loaded = self.ctx.get_model(job.model, task="feature-extraction", default=DEFAULT_MODELS,
@@ -141,36 +136,32 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                                field="job.model.name")
         return loaded
 
-    async def admit(self, job: pb.StyleJob, call: Call) -> tuple[ImageAdmission, LoadedModel, dict]:
+    async def admit(self, job: pb.StyleJob, call: Call) -> tuple[ImageAdmission, LoadedModel, StyleOptions]:
         """Everything before the job slot: parameters, the images from their headers (each planned at
         the size the job computes at; the pixel budgets reserved), then the model."""
-        params = self.check_job(job)
+        options = self.check_job(job)
         side = self.ctx.settings.max_image_side
         items = [(job.content, "job.content",
-                  _planner(params["image_size"], side, "the result", "job.parameters.image_size"))]
+                  _planner(options.image_size, side, "the result", "job.parameters.image_size"))]
         items += [(style.image, f"job.styles[{i}].image",
-                   _planner(params["style_size"], side, f"style image {i} resized", "job.parameters.style_size"))
+                   _planner(options.style_size, side, f"style image {i} resized", "job.parameters.style_size"))
                   for i, style in enumerate(job.styles)]
         admitted = await call.admit_images(items)
         loaded = await call.control(self.model, job, call)
-        return admitted, loaded, params
-
-    def _steps(self, plan: StylePlan, call: Call, preview_every: int):
-        return _trimmed(style_transfer_steps(
-            plan.content, plan.styles, model=plan.loaded.model, style_blend=plan.blend,
-            weight_multipliers=multipliers_for(plan.loaded.manifest.metadata), seed=plan.seed,
-            preview_every=preview_every, cancel=call.cancel, **plan.kwargs))
+        return admitted, loaded, options
 
     async def _run(self, job: pb.StyleJob, call: Call, preview_every: int):
-        seed = resolve_seed(job.seed if job.HasField("seed") else None, "job.seed")
-        admitted, loaded, params = await self.admit(job, call)
+        seed = resolve_seed(job.seed if job.HasField("seed") else None, "job.seed")  # a bad one costs nothing
+        admitted, loaded, options = await self.admit(job, call)
+        options = replace(options, seed=seed)
         blend = [style.weight if style.HasField("weight") else 1.0 for style in job.styles]
         holder: dict = {}
 
         def start():  # in the job's one slot: decode (one image at a time, each to its working size), then steps
             content, *styles = admitted.decode()
-            holder["plan"] = StylePlan(content, styles, blend, loaded, params, seed)
-            return self._steps(holder["plan"], call, preview_every)
+            plan = holder["plan"] = StylePlan(content, styles, blend, loaded, options)
+            return _trimmed(stylize(plan.loaded.model, plan.loaded.manifest.metadata, plan.content, plan.styles,
+                                    plan.blend, plan.options, preview_every=preview_every, cancel=call.cancel))
 
         async for progress in call.steps(start):
             yield holder["plan"], progress
@@ -178,7 +169,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     def _result(self, plan: StylePlan, final: StyleProgress, call: Call) -> pb.StyleResult:
         return pb.StyleResult(
             image=image_pb_from_pil(final.image), width=final.image.size[0], height=final.image.size[1],
-            losses=_losses(final), parameters=parameters_pb(plan.kwargs),
+            losses=_losses(final), parameters=parameters_pb(plan.options),
             meta=call.meta(plan.loaded, seed=plan.seed))
 
     # ------------------------------------------------------------------ RPCs
@@ -201,8 +192,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
 
     @rpc
     async def ListStylePresets(self, request: pb.ListStylePresetsRequest, call: Call):
-        presets = [pb.StylePreset(name=name, parameters=parameters_pb(dict(SCHEDULE, **p.kwargs())))
-                   for name, p in sorted(PRESETS.items())]
+        presets = [pb.StylePreset(name=name, parameters=parameters_pb(StyleOptions.from_preset(name)))
+                   for name in sorted(PRESETS)]
         return pb.ListStylePresetsResponse(presets=presets, meta=call.meta())
 
 
@@ -231,12 +222,7 @@ def _progress(p: StyleProgress) -> pb.StyleProgress:
 
 def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
     """Two tiny iterations so the first real job does not pay for lazy initialisation."""
-    if not hasattr(loaded.model, "features"):
-        return
-    img = Image.new("RGB", (32, 32), (120, 90, 60))
-    for _ in style_transfer_steps(img, [img], model=loaded.model, image_size=32, style_size=32, iterations=2,
-                                  seed=0):
-        pass
+    warm_up(loaded.model)
 
 
 def add_to_server(server, ctx: ServiceContext) -> None:

@@ -1,40 +1,46 @@
 """``pixelrpc.v1.VisualizationService``: classification, saliency, fooling images, class visualization.
 
-Each method converts the request, runs a ``pixelrpc.models.visualization`` function in the bounded
-executor (``call.run`` for unary work, ``call.steps`` for the optimisation generators, so a
-cancelled or expired call stops within one step) and converts the result. All tensor work and PNG
-encoding happen in the executor; the event loop only moves messages.
+Each method converts the request into the job's options (``pixelrpc.models.visualization.options``:
+the defaults and checks live there), calls ONE function of ``pixelrpc.models.visualization.jobs`` in
+the bounded executor (``call.run`` for unary work, ``call.steps`` for the optimisation generators, so a
+cancelled or expired call stops within one step) and converts its plain result into the response. All
+tensor work and PNG encoding happen in the executor; the event loop only moves messages. This module
+runs no model and imports no torch.
 
 One request, one job slot: the model is resolved and the images are checked from their headers
 (``call.admit_images``: sizes, the request's pixel sum, the server's pixel budget) on the control
 executor before the call queues; then decoding, the model and the answer's encoding run in one job.
+A named model already loaded and small images skip the control executor (``_admit``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
-from pixelrpc.clients.suite import SERVICES
-from pixelrpc.models import visualization as vis
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.models.errors import InvalidInput
-from pixelrpc.models.options import check_count, check_positive, resolve_seed
+from pixelrpc.models.options import with_defaults
 from pixelrpc.models.registry import LoadedModel
-from pixelrpc.models.visualization.classify import class_label
-from pixelrpc.models.zoo import ImageModel
+from pixelrpc.models.visualization import jobs
+from pixelrpc.models.visualization.options import (
+    ClassifyOptions,
+    ClassVisualizationOptions,
+    FoolingOptions,
+    IntegratedGradientsOptions,
+    SaliencyOptions,
+    SmoothGradOptions,
+)
 from pixelrpc.services.convert import image_pb_from_pil, numpy_to_tensor
 from pixelrpc.services.runtime import Call, ServiceContext, rpc
 from pixelrpc.v1 import visualization_pb2 as pb
 from pixelrpc.v1 import visualization_pb2_grpc as pb_grpc
 
-# This service's row of the suite table (pixelrpc.clients.suite): proto name, registry tasks, default models.
+# This service's row of the suite table (pixelrpc.common.suite): proto name, registry tasks, default models.
 SERVICE_NAME = SERVICES["visualization"].full_name
 TASKS = SERVICES["visualization"].tasks
 # A request that names no model gets the first of the table's default models present in the registry (see
 # ServiceContext.choose_default); the choice is reported in ResponseMeta.model_choice.
 DEFAULT_MODELS = SERVICES["visualization"].default_models
-MAX_CLASSIFY_IMAGES = 64
 # Requests whose images total at most this many bytes read their headers on the event loop (Pillow
 # reads a few bytes; a JPEG's scan check is one pass of bytes.find) when their model is loaded.
 INLINE_HEADER_BYTES = 4 << 20
@@ -54,29 +60,64 @@ BASELINES = {
 }
 
 
+def _optional(message, name: str):
+    """An ``optional`` proto field's value, or None when unset (the options' default applies)."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+# ---------------------------------------------------------------------- proto -> options
+def saliency_options(request: pb.SaliencyRequest) -> SaliencyOptions:
+    if request.method not in METHOD_NAMES:
+        raise InvalidInput(f"unknown saliency method {request.method}", field="method")
+    method = METHOD_NAMES[request.method]
+    sg, ig = request.smoothgrad, request.integrated_gradients
+    smoothgrad = SmoothGradOptions()
+    integrated = IntegratedGradientsOptions()
+    if method == "smoothgrad":
+        smoothgrad = with_defaults(SmoothGradOptions, noise_level=_optional(sg, "noise_level"),
+                                   samples=sg.samples or None, seed=_optional(sg, "seed"))
+    elif method == "integrated_gradients":
+        if ig.baseline not in BASELINES:
+            raise InvalidInput(f"unknown baseline {ig.baseline}", field="integrated_gradients.baseline")
+        integrated = with_defaults(IntegratedGradientsOptions, steps=ig.steps or None,
+                                   baseline=BASELINES[ig.baseline])
+    return SaliencyOptions(method=method, target_class=_optional(request, "target_class"), smoothgrad=smoothgrad,
+                           integrated_gradients=integrated, render_images=request.render_images)
+
+
+def fooling_options(request: pb.FoolingImageRequest) -> FoolingOptions:
+    return with_defaults(FoolingOptions, target_class=request.target_class,
+                         max_iterations=request.max_iterations or None,
+                         learning_rate=request.learning_rate or None, magnify=request.magnify or None)
+
+
+def class_visualization_options(request: pb.ClassVisualizationRequest) -> ClassVisualizationOptions:
+    return with_defaults(
+        ClassVisualizationOptions, target_class=request.target_class, num_iterations=request.num_iterations or None,
+        size=request.size or None, l2_reg=_optional(request, "l2_reg"), learning_rate=request.learning_rate or None,
+        blur_every=_optional(request, "blur_every"), max_jitter=_optional(request, "max_jitter"),
+        show_every=request.show_every or None, seed=_optional(request, "seed"))
+
+
 class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
 
     # ------------------------------------------------------------------ helpers
-    def _model(self, request, call: Call) -> tuple[LoadedModel, ImageModel]:
+    def _model(self, request, call: Call) -> tuple[LoadedModel, object]:
         loaded = self.ctx.get_model(request.model if request.HasField("model") else None,
                                     task="classification", default=DEFAULT_MODELS, call=call)
-        return self._classifier(loaded)
-
-    @staticmethod
-    def _classifier(loaded: LoadedModel) -> tuple[LoadedModel, ImageModel]:
-        model = loaded.model
-        if not isinstance(model, ImageModel) or not model.has_classifier:
-            raise InvalidInput(f"model {loaded.manifest.ref} is not an image classifier", field="model.name")
-        return loaded, model
+        return loaded, jobs.as_classifier(loaded.model, loaded.manifest.ref)
 
     async def _admit(self, request, call: Call, images: list[tuple], check: Callable | None = None):
         """Resolve the model, run ``check(model)`` and plan ``images`` ``(image, field)`` from their
         headers in ONE control job (each hop to another thread costs a scheduling delay on a busy
         box), then reserve their pixels. Returns ``(loaded, model, check's result, admission)``."""
         def resolve(cached: LoadedModel | None = None):
-            loaded, model = self._classifier(cached) if cached is not None else self._model(request, call)
+            if cached is not None:
+                loaded, model = cached, jobs.as_classifier(cached.model, cached.manifest.ref)
+            else:
+                loaded, model = self._model(request, call)
             checked = check(model) if check is not None else None
             items = [(image, field, model.plan_input) for image, field in images]
             return loaded, model, checked, items, self.ctx.plan_images(items)
@@ -91,34 +132,19 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
             loaded, model, checked, items, plans = await call.control(resolve)
         return loaded, model, checked, await call.admit_images(items, plans)
 
-    def _bounded(self, value: int, default: int, name: str, minimum: int = 1) -> int:
-        """A count from the request: 0 takes ``default``; it must lie in [minimum, max_iterations]."""
-        return check_count(int(value) or default, name, minimum=minimum,
-                           maximum=self.ctx.settings.max_iterations)
-
-    @staticmethod
-    def _check_class(model: ImageModel, index: int, field: str) -> int:
-        if not 0 <= index < model.num_classes:
-            raise InvalidInput(f"{field} {index} is out of range: the model has {model.num_classes} classes "
-                               f"(valid indices 0..{model.num_classes - 1})", field=field)
-        return index
+    @property
+    def _max_iterations(self) -> int:
+        return self.ctx.settings.max_iterations
 
     # ------------------------------------------------------------------ Classify
     @rpc
     async def Classify(self, request: pb.ClassifyRequest, call: Call):
-        if not request.images:
-            raise InvalidInput("images is empty: send at least one image", field="images")
-        if len(request.images) > MAX_CLASSIFY_IMAGES:
-            raise InvalidInput(f"at most {MAX_CLASSIFY_IMAGES} images per request, got {len(request.images)}",
-                               field="images")
-        top_k = int(request.top_k) or 5
+        options = with_defaults(ClassifyOptions, top_k=request.top_k or None).validate(len(request.images))
         loaded, model, _, admitted = await self._admit(
             request, call, [(img, f"images[{i}]") for i, img in enumerate(request.images)])
 
         def work():
-            images = admitted.decode()  # each already S x S: the peak is one decoded image
-            with torch.no_grad():
-                return vis.classify(model.preprocess(images), model, top_k=top_k)
+            return jobs.classify_images(model, admitted.decode(), options)  # each already S x S
 
         results = await call.run(work)
         return pb.ClassifyResponse(
@@ -130,80 +156,46 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     # ------------------------------------------------------------------ Saliency
     @rpc
     async def Saliency(self, request: pb.SaliencyRequest, call: Call):
-        if request.method not in METHOD_NAMES:
-            raise InvalidInput(f"unknown saliency method {request.method}", field="method")
-        method = METHOD_NAMES[request.method]
-        sg = request.smoothgrad  # its seed is checked before the image is decoded and the model loaded
-        seed = (resolve_seed(sg.seed if sg.HasField("seed") else None, "smoothgrad.seed")
-                if method == "smoothgrad" else None)
+        # The seed is checked (or drawn) before the image is decoded and the model loaded.
+        options = saliency_options(request).resolved()
 
-        def check(model: ImageModel):  # in the control job, before the image's header is read
-            target = (self._check_class(model, request.target_class, "target_class")
-                      if request.HasField("target_class") else None)
-            options: dict = {}
-            if method == "smoothgrad":
-                options = {"noise_level": sg.noise_level if sg.HasField("noise_level") else 0.15,
-                           "samples": self._bounded(sg.samples, 25, "smoothgrad.samples"), "seed": seed}
-            elif method == "integrated_gradients":
-                ig = request.integrated_gradients
-                if ig.baseline not in BASELINES:
-                    raise InvalidInput(f"unknown baseline {ig.baseline}", field="integrated_gradients.baseline")
-                options = {"steps": self._bounded(ig.steps, 50, "integrated_gradients.steps", minimum=2),
-                           "baseline": BASELINES[ig.baseline]}
-            return target, options
+        def check(model):  # in the control job, before the image's header is read
+            options.validate(model.num_classes, self._max_iterations)
 
-        loaded, model, (target, options), admitted = await self._admit(request, call, [(request.image, "image")],
-                                                                       check)
-        render = request.render_images
+        loaded, model, _, admitted = await self._admit(request, call, [(request.image, "image")], check)
 
         def work() -> pb.SaliencyResponse:
-            x = model.preprocess(admitted.decode())  # (1, 3, S, S)
-            cls = target
-            if cls is None:  # explain the predicted class: one extra forward pass to find it
-                with torch.no_grad():
-                    cls = int(model(x).argmax(1))
-            result = vis.saliency(x, [cls], model, method, cancel=call.cancel, **options)
-            predicted = int(result.predicted[0])
-            smap = result.maps[0].float().cpu()  # (S, S)
+            out = jobs.saliency_map(model, admitted.decode()[0], options, call.cancel)
             response = pb.SaliencyResponse(
-                saliency=numpy_to_tensor(smap.numpy()),
-                target_class=cls, target_label=class_label(model, cls), target_score=float(result.scores[0]),
-                predicted_class=predicted, input_size=model.input_size,
-                completeness_gap=float(result.completeness_gap[0]) if result.completeness_gap is not None else 0.0,
-                method=METHOD_ENUMS[method])
-            if render:  # the pictures only when asked for: three PNGs cost more than the map itself
-                shown = model.deprocess(x)[0]
-                response.heatmap.CopyFrom(image_pb_from_pil(vis.saliency_heatmap(smap)))
-                response.overlay.CopyFrom(image_pb_from_pil(vis.saliency_overlay(shown, smap)))
-                response.input.CopyFrom(image_pb_from_pil(shown))
+                saliency=numpy_to_tensor(out.saliency), target_class=out.target_class,
+                target_label=out.target_label, target_score=out.target_score, predicted_class=out.predicted_class,
+                input_size=out.input_size, completeness_gap=out.completeness_gap, method=METHOD_ENUMS[out.method])
+            for name in ("heatmap", "overlay", "input"):  # set only with render_images
+                picture = getattr(out, name)
+                if picture is not None:
+                    getattr(response, name).CopyFrom(image_pb_from_pil(picture))
             return response
 
         response = await call.run(work)
-        response.meta.CopyFrom(call.meta(loaded, seed=seed))
+        response.meta.CopyFrom(call.meta(loaded, seed=options.seed))
         return response
 
     # ------------------------------------------------------------------ FoolingImage
     @rpc
     async def FoolingImage(self, request: pb.FoolingImageRequest, call: Call):
-        def check(model: ImageModel):
-            return (self._check_class(model, request.target_class, "target_class"),
-                    self._bounded(request.max_iterations, 100, "max_iterations"),
-                    check_positive(request.learning_rate or 1.0, "learning_rate"),
-                    check_positive(request.magnify or 10.0, "magnify"))
-
-        loaded, model, (target, max_iters, learning_rate, magnify), admitted = await self._admit(
-            request, call, [(request.image, "image")], check)
+        options = fooling_options(request)
+        loaded, model, _, admitted = await self._admit(
+            request, call, [(request.image, "image")],
+            lambda model: options.validate(model.num_classes, self._max_iterations))
 
         def job():
-            x = model.preprocess(admitted.decode())  # (1, 3, S, S)
-            for item in vis.fooling_steps(x, [target], model, learning_rate, max_iters):
-                if isinstance(item, vis.FoolingProgress):
+            for item in jobs.fooling_image(model, admitted.decode()[0], options):
+                if isinstance(item, jobs.FoolingUpdate):
                     yield pb.FoolingImageResponse(progress=pb.FoolingImageProgress(
-                        iteration=item.iteration, target_score=float(item.target_score[0]),
-                        target_probability=float(item.target_probability[0]),
-                        predicted_class=int(item.predicted[0])))
+                        iteration=item.iteration, target_score=item.target_score,
+                        target_probability=item.target_probability, predicted_class=item.predicted_class))
                 else:
-                    yield pb.FoolingImageResponse(result=_fooling_result(model, x, item, magnify))
+                    yield pb.FoolingImageResponse(result=_fooling_result(item))
 
         async for message in call.steps(job):
             message.meta.CopyFrom(call.meta(loaded))
@@ -212,71 +204,44 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
     # ------------------------------------------------------------------ ClassVisualization
     @rpc
     async def ClassVisualization(self, request: pb.ClassVisualizationRequest, call: Call):
-        seed = resolve_seed(request.seed if request.HasField("seed") else None, "seed")
+        options = class_visualization_options(request).resolved()
         loaded, model = await call.control(self._model, request, call)
-        target = self._check_class(model, request.target_class, "target_class")
-        iterations = self._bounded(request.num_iterations, 100, "num_iterations")
-        size = int(request.size) or model.input_size
-        if not 8 <= size <= self.ctx.settings.max_image_side:
-            raise InvalidInput(f"size must be between 8 and {self.ctx.settings.max_image_side} "
-                               f"(this server's max_image_side), got {size}", field="size")
-        kwargs = {
-            "l2_reg": request.l2_reg if request.HasField("l2_reg") else 1e-3,
-            "learning_rate": check_positive(request.learning_rate or 25.0, "learning_rate"),
-            "num_iterations": iterations,
-            "blur_every": request.blur_every if request.HasField("blur_every") else 10,
-            "max_jitter": request.max_jitter if request.HasField("max_jitter") else min(16, size // 4),
-            "show_every": request.show_every or 25,
-            "seed": seed,
-            "size": size,
-        }
+        settings = self.ctx.settings
+        options.validate(model.num_classes, model.input_size, settings.max_iterations, settings.max_image_side)
 
         def job():
-            steps = vis.class_visualization_steps(target, model, **kwargs)
-            for item in steps:
-                if isinstance(item, vis.ClassVisualizationProgress):
+            for item in jobs.class_visualization(model, options):
+                if isinstance(item, jobs.ClassVisualizationUpdate):
                     progress = pb.ClassVisualizationProgress(
-                        iteration=item.iteration, target_score=float(item.target_score[0]),
-                        target_probability=float(item.target_probability[0]))
+                        iteration=item.iteration, target_score=item.target_score,
+                        target_probability=item.target_probability)
                     if item.preview is not None:
-                        progress.preview.CopyFrom(image_pb_from_pil(item.preview[0]))
+                        progress.preview.CopyFrom(image_pb_from_pil(item.preview))
                     yield pb.ClassVisualizationResponse(progress=progress)
                 else:
                     yield pb.ClassVisualizationResponse(result=pb.ClassVisualizationResult(
-                        image=image_pb_from_pil(item.pil[0]), target_class=target,
-                        target_label=class_label(model, target), target_score=float(item.target_score[0]),
-                        target_probability=float(item.target_probability[0]), iterations=item.iterations,
-                        size=size))
+                        image=image_pb_from_pil(item.image), target_class=item.target_class,
+                        target_label=item.target_label, target_score=item.target_score,
+                        target_probability=item.target_probability, iterations=item.iterations, size=item.size))
 
         async for message in call.steps(job):
-            message.meta.CopyFrom(call.meta(loaded, seed=seed))
+            message.meta.CopyFrom(call.meta(loaded, seed=options.seed))
             yield message
 
 
-def _fooling_result(model: ImageModel, x: torch.Tensor, result: vis.FoolingResult,
-                    magnify: float) -> pb.FoolingImageResult:
-    original, fooled = model.deprocess(x)[0], model.deprocess(result.images)[0]
-    target, before, after = int(result.target[0]), int(result.original_prediction[0]), int(result.predicted[0])
-    png_prediction = int(vis.predict_after_8bit(model, result.images)[0])
-    labels = (f"original: {class_label(model, before)}", f"fooled: {class_label(model, after)}")
+def _fooling_result(out: jobs.FoolingOutput) -> pb.FoolingImageResult:
     return pb.FoolingImageResult(
-        image=image_pb_from_pil(fooled),
-        comparison=image_pb_from_pil(vis.fooling_comparison(original, fooled, magnify, labels)),
-        normalized_image=numpy_to_tensor(result.images.float().cpu().numpy()),
-        succeeded=bool(result.succeeded[0]), png_succeeded=png_prediction == target,
-        iterations=int(result.iterations[0]), original_class=before, original_label=class_label(model, before),
-        predicted_class=after, predicted_label=class_label(model, after),
-        target_probability=float(result.target_probability[0]), l2=float(result.l2[0]),
-        linf=float(result.linf[0]), relative_l2=float(result.relative_l2[0]), input_size=x.shape[-1])
+        image=image_pb_from_pil(out.image), comparison=image_pb_from_pil(out.comparison),
+        normalized_image=numpy_to_tensor(out.normalized_image), succeeded=out.succeeded,
+        png_succeeded=out.png_succeeded, iterations=out.iterations, original_class=out.original_class,
+        original_label=out.original_label, predicted_class=out.predicted_class,
+        predicted_label=out.predicted_label, target_probability=out.target_probability, l2=out.l2,
+        linf=out.linf, relative_l2=out.relative_l2, input_size=out.input_size)
 
 
 def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
-    """Run one classification and one saliency map so the first request pays no start-up cost."""
-    model = loaded.model
-    if not isinstance(model, ImageModel) or not model.has_classifier:
-        return
-    x = torch.zeros((1, 3, model.input_size, model.input_size), device=model.device)
-    vis.compute_saliency_maps(x, [0], model)
+    """Run one saliency map so the first request pays no start-up cost."""
+    jobs.warm_up(loaded.model)
 
 
 def add_to_server(server, ctx: ServiceContext) -> None:

@@ -77,3 +77,11 @@ def webp_bytes(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     _gradient(width, height, "RGB").save(buf, "WEBP", quality=40, method=0)
     return buf.getvalue()
+
+
+def noise_png(seed: int = 0, size: tuple[int, int] = (40, 30)) -> bytes:
+    """A small PNG of seeded random RGB pixels, ``size`` = (width, height)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pixelrpc.clients.suite import SERVICES as SUITE
+from pixelrpc.common.suite import SERVICES as SUITE
 
 FULL_NAMES = {name: spec.full_name for name, spec in SUITE.items()}
 REGISTRY_SERVICE = "pixelrpc.v1.ModelRegistry"

@@ -412,7 +412,7 @@ def test_expired_deadline_is_deadline_exceeded_in_log_and_metrics_with_real_queu
         metrics = srv.ctx.metrics.registry
         for method, count in (("SleepUnary", 2), ("Sleep", 1)):
             assert metrics.get_sample_value("pixelrpc_requests_total", {
-                "service": "captioning", "method": method, "code": "DEADLINE_EXCEEDED"}) == count
+                "service": "captioning", "method": method, "code": "DEADLINE_EXCEEDED", "model": "", "version": ""}) == count
         assert metrics.get_sample_value("pixelrpc_queue_seconds_sum", {"service": "captioning"}) >= 0.4
         channel.close()
 

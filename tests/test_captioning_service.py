@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from admission_images import noise_png
 from click.testing import CliRunner
 from conftest import torch_threads
 from PIL import Image
@@ -50,10 +51,7 @@ def make_captioner(input_dim: int, seed: int, endless: bool = False) -> Captioni
 
 
 def png_bytes(seed: int, size=(40, 30)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    return noise_png(seed, size)
 
 
 @pytest.fixture(scope="module")

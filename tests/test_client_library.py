@@ -36,7 +36,7 @@ def test_round_robin_over_a_list_of_targets(registry):
         with ServiceClient([a.address, b.address]) as c:
             for _ in range(20):
                 c.registry.list()
-        served = [srv.ctx.metrics.requests.labels("captioning", "ListModels", "OK")._value.get()
+        served = [srv.ctx.metrics.requests.labels("captioning", "ListModels", "OK", "", "")._value.get()
                   for srv in (a, b)]
         assert sum(served) == 20 and min(served) >= 5, served
 

@@ -27,7 +27,8 @@ from server_procs import ServerProcess
 
 SERVER_SIDE = ("pixelrpc.models", "pixelrpc.services")
 HEAVY = ("torch", "torchvision", "h5py", "scipy", "matplotlib")
-LIBRARY = sorted(p.stem for p in (REPO / "clients").glob("*.py") if p.stem != "__init__")
+LIBRARY = [f"pixelrpc.{d}.{p.stem}" for d in ("clients", "common") for p in sorted((REPO / d).glob("*.py"))
+           if p.stem != "__init__"]
 CLI = sorted(p.stem for p in (REPO / "cli").glob("*.py") if p.stem != "__main__")
 
 SITECUSTOMIZE = '''
@@ -93,9 +94,9 @@ def run_python(env: dict[str, str], code: str, *args: str, timeout: float = 120)
 
 
 def test_library_modules_never_import_the_server_side_or_heavy_packages():
-    """Every import statement of clients/*.py, lazy ones inside functions included."""
+    """Every import statement of clients/*.py and common/*.py, lazy ones inside functions included."""
     offenders = []
-    for path in sorted((REPO / "clients").glob("*.py")):
+    for path in sorted([*(REPO / "clients").glob("*.py"), *(REPO / "common").glob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -125,7 +126,7 @@ def test_the_blocker_refuses_what_a_client_install_lacks(client_env):
 
 
 def test_library_and_cli_import_in_a_client_only_install(client_env):
-    modules = [f"pixelrpc.clients.{m}" for m in LIBRARY] + ["pixelrpc.clients"] + \
+    modules = [*LIBRARY, "pixelrpc.clients", "pixelrpc.common"] + \
               [f"pixelrpc.cli.{m}" for m in CLI] + ["pixelrpc.cli"]
     code = ("import importlib, json, sys\n"
             "for name in sys.argv[1:]:\n"

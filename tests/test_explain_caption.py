@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from admission_images import noise_png
 from click.testing import CliRunner
 from conftest import torch_threads
 from PIL import Image
@@ -187,10 +188,7 @@ def test_map_to_source_fills_the_crop_box_and_zeroes_the_rest():
 
 
 def png(size=(40, 30), seed=0) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    return noise_png(seed, size)
 
 
 @pytest.fixture(scope="module")

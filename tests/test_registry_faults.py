@@ -163,7 +163,7 @@ def test_broken_entries_are_reported_and_never_hide_the_healthy_model(tmp_path):
                 assert s.code(s.captioning.Caption, _caption(name)).name == code, name
         assert s.get_model("good").version == 1
         assert srv.ctx.metrics.registry.get_sample_value(
-            "pixelrpc_requests_total", {"service": "captioning", "method": "GetModel", "code": "INTERNAL"}) is None
+            "pixelrpc_requests_total", {"service": "captioning", "method": "GetModel", "code": "INTERNAL", "model": "", "version": ""}) is None
         s.close()
     code, out, err = run_cli("models", "verify", "--registry", str(reg.root))
     assert code == 1 and "Traceback" not in err

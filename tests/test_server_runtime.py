@@ -77,7 +77,7 @@ def test_health_check_per_service_name_and_watch(tmp_path):
 def test_all_service_processes_register_their_health_names(tmp_path):
     with running_server(["captioning", "visualization", "style"], FAST, registry=str(tmp_path)) as srv:
         stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(srv.address))
-        from pixelrpc.clients.suite import SERVICES
+        from pixelrpc.common.suite import SERVICES
 
         for spec in SERVICES.values():
             full = spec.full_name

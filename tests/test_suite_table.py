@@ -1,4 +1,4 @@
-"""One table of services (``pixelrpc.clients.suite``): the code derives from it, the deployment files agree."""
+"""One table of services (``pixelrpc.common.suite``): the code derives from it, the deployment files agree."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import REPO
 
 from pixelrpc.clients.base import RETRY_SERVICE_CONFIG, AsyncServiceClient, ServiceClient
 from pixelrpc.clients.client import Client
-from pixelrpc.clients.suite import SERVICES, SHARED_SERVICES
+from pixelrpc.common.suite import SERVICES, SHARED_SERVICES
 from pixelrpc.v1 import captioning_pb2, registry_pb2, server_pb2, style_transfer_pb2, visualization_pb2
 
 COMPOSE = (REPO / "docker-compose.yml").read_text()

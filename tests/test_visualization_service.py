@@ -19,6 +19,7 @@ from pixelrpc.clients.visualization import VisualizationClient, to_numpy, to_pil
 from pixelrpc.models import visualization as vis
 from pixelrpc.models import zoo
 from pixelrpc.models.registry import ModelCache
+from pixelrpc.models.visualization import jobs
 from pixelrpc.services.settings import Settings
 from pixelrpc.services.testing import running_server
 from pixelrpc.v1 import visualization_pb2 as pb
@@ -225,7 +226,7 @@ class _CountingSteps:
 
 def test_cancel_mid_stream_stops_the_loop(client, server, monkeypatch):
     counter = _CountingSteps(vis.class_visualization_steps)
-    monkeypatch.setattr(vis, "class_visualization_steps", counter)
+    monkeypatch.setattr(jobs, "class_visualization_steps", counter)
     stream = client.class_visualization_stream(1, num_iterations=1000, show_every=1000)
     assert next(stream).progress.iteration == 1
     assert next(stream).progress.iteration == 2
@@ -242,7 +243,7 @@ def test_cancel_mid_stream_stops_the_loop(client, server, monkeypatch):
 
 def test_deadline_stops_the_loop(client, server, monkeypatch):
     counter = _CountingSteps(vis.class_visualization_steps)
-    monkeypatch.setattr(vis, "class_visualization_steps", counter)
+    monkeypatch.setattr(jobs, "class_visualization_steps", counter)
     with pytest.raises(DeadlineExceeded):
         client.class_visualization(1, num_iterations=1000, show_every=1000, timeout=0.5)
     deadline = time.monotonic() + 5

@@ -10,6 +10,7 @@ from pixelrpc.models.registry.golden import (
     run_golden,
 )
 from pixelrpc.models.registry.loaders import LOADERS, load_model, loader_for, register_loader
+from pixelrpc.models.registry.serving import ServingConfig
 from pixelrpc.models.registry.store import (
     BrokenEntry,
     FileEntry,
@@ -34,6 +35,7 @@ __all__ = [
     "ModelCache",
     "Registry",
     "RegistryStatus",
+    "ServingConfig",
     "default_root",
     "load_model",
     "loader_for",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pixelrpc.models.errors import Cancelled, DeadlineExceeded, PixelRPCError, RegistryUnavailable
 from pixelrpc.models.registry.golden import GoldenFailed, GoldenReport, run_golden
 from pixelrpc.models.registry.loaders import load_model
+from pixelrpc.models.registry.serving import ServingConfig
 from pixelrpc.models.registry.store import Manifest, Registry
 
 log = logging.getLogger("pixelrpc.registry")
@@ -38,6 +39,11 @@ class LoadedModel:
     @property
     def sha256(self) -> str:
         return self.manifest.sha256
+
+    @property
+    def serving(self) -> ServingConfig:
+        """The manifest's ``serving`` section, parsed when the model was loaded."""
+        return self.manifest.serving
 
 
 class ModelCache:
@@ -197,13 +203,14 @@ class ModelCache:
                 del self._loaded[key]
 
     def device_for(self, manifest: Manifest) -> str:
-        serving = manifest.metadata.get("serving") or {}
-        wanted = serving.get("device")
+        """This cache's device, unless it is not explicit and the manifest's ``serving.device`` picks one
+        (parsing the ``serving`` section: ModelCorrupt for a value of the wrong type)."""
+        wanted = manifest.serving.device
         if self.device_is_explicit or not wanted:
             return self.device
         if wanted == "cuda" and self.device != "cuda":
             return self.device  # the manifest asks for a GPU this process does not have
-        return str(wanted)
+        return wanted
 
     def _load(self, name: str, version: int) -> LoadedModel:
         manifest = self.registry.resolve(name, version)

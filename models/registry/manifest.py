@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pixelrpc.common.refs import split_ref
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt, clip
+from pixelrpc.models.registry.serving import ServingConfig
 
 # Always used with ``fullmatch``: ``$`` in ``re.match`` also matches before a trailing newline, which
 # would let ``"evil\n"`` through.
@@ -46,15 +48,12 @@ def validate_name(name: str) -> str:
 
 
 def parse_ref(ref: str) -> tuple[str, int]:
-    """``"name"`` -> (name, 0); ``"name:3"`` -> (name, 3). Version 0 means the default version."""
-    name, _, version = ref.partition(":")
-    validate_name(name)
-    if not version:
-        return name, 0
-    if not re.fullmatch(r"[0-9]{1,9}", version):
-        raise InvalidInput(f"invalid model reference {shown(ref)}: expected NAME or NAME:VERSION",
-                           field="model")
-    return name, int(version)
+    """``"name"`` -> (name, 0); ``"name:3"`` -> (name, 3). Version 0 means the default version.
+
+    ``pixelrpc.common.refs.split_ref`` (the one parser, which clients use too) with the registry's name
+    rules; InvalidInput for a bad name or version."""
+    return split_ref(ref, check_name=validate_name, shown=shown,
+                     error=lambda message: InvalidInput(message, field="model"))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -114,6 +113,12 @@ class Manifest:
             "metadata": self.metadata,
         }
         return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+    @functools.cached_property
+    def serving(self) -> ServingConfig:
+        """The ``serving`` section, parsed once (``serving.py``); ModelCorrupt for a value of the wrong
+        type. The cache parses it when it loads the model."""
+        return ServingConfig.from_metadata(self.metadata, self.ref)
 
     @property
     def architecture(self) -> str:

@@ -53,7 +53,7 @@ class WeightMultipliers:
 
 # The Caffe SqueezeNet 1.1 trunk of ``sqz_notop.mat`` takes the notebook's weights as they are (all 1):
 # the CS231n notebook's loop on this trunk (BGR 0-255 minus the mean pixel) with those weights is the
-# stylisation PixelRPC must at least match (issue 11, target 6; README "Loss-weight multipliers").
+# stylisation PixelRPC must at least match (issue 11, target 6; docs/style.md "Loss-weight multipliers").
 # The importer (``zoo.import_caffe_squeezenet``) merges ``.to_metadata()`` into the manifest.
 CAFFE_SQUEEZENET_MULTIPLIERS = WeightMultipliers(content=1.0, style=1.0, tv=1.0)
 # What ``python -m pixelrpc.models.style.calibrate`` measured (features ~21.36x the reference

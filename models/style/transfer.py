@@ -32,7 +32,8 @@ from PIL import Image
 
 from pixelrpc.models.errors import CancelToken, InvalidInput
 from pixelrpc.models.style.losses import content_loss, extract_features, gram_matrix, style_loss, tv_loss
-from pixelrpc.models.style.presets import MULTIPLIERS_KEY, WeightMultipliers
+from pixelrpc.models.style.options import INITS, OPTIMIZERS, StyleOptions
+from pixelrpc.models.style.presets import MULTIPLIERS_KEY, WeightMultipliers, multipliers_for
 from pixelrpc.models.style.space import (
     CLAMP,
     InputSpace,
@@ -47,8 +48,7 @@ from pixelrpc.models.style.space import (
     to_pixels,
 )
 
-INITS = ("content", "random")
-OPTIMIZERS = ("adam", "lbfgs")
+_D = StyleOptions  # the defaults
 PRECISIONS = ("auto", "float32", "bfloat16")
 # L-BFGS: the curvature pairs of the last 10 iterations; at most 6 function evaluations per iteration
 # (its start point and the strong-Wolfe line search).
@@ -132,31 +132,51 @@ def style_transfer(content: Image.Image, styles: Sequence[Image.Image], **kwargs
     return result
 
 
+def stylize(model, metadata: Mapping | None, content: Image.Image, styles: Sequence[Image.Image],
+            blend: Sequence[float] | None, options: StyleOptions, *, preview_every: int = 0,
+            cancel: CancelToken | None = None) -> Iterator[StyleProgress]:
+    """One served job: ``style_transfer_steps`` with ``options`` (resolved: a concrete seed) and the
+    loss-weight multipliers of the model's manifest ``metadata`` (``presets.multipliers_for``)."""
+    return style_transfer_steps(content, styles, model=model, style_blend=blend,
+                                weight_multipliers=multipliers_for(metadata), preview_every=preview_every,
+                                cancel=cancel, **options.kwargs())
+
+
+def warm_up(model) -> None:
+    """Two tiny iterations, so that the first real job does not pay for lazy initialisation (no-op
+    for a model without a feature trunk)."""
+    if not hasattr(model, "features"):
+        return
+    img = Image.new("RGB", (32, 32), (120, 90, 60))
+    for _ in style_transfer_steps(img, [img], model=model, image_size=32, style_size=32, iterations=2, seed=0):
+        pass
+
+
 def style_transfer_steps(
     content: Image.Image,
     styles: Sequence[Image.Image],
     *,
     model,
     style_blend: Sequence[float] | None = None,
-    image_size: int = 192,
-    style_size: int = 192,
-    content_layer: int = 3,
-    content_weight: float = 6e-2,
-    style_layers: Sequence[int] = (1, 4, 6, 7),
-    style_weights: Sequence[float] = (300000, 1000, 15, 3),
-    tv_weight: float = 2e-2,
-    init: str = "content",
-    iterations: int = 200,
-    lr: float = 3.0,
-    decayed_lr: float = 0.1,
-    decay_at: int = 180,
+    image_size: int = _D.image_size,
+    style_size: int = _D.style_size,
+    content_layer: int = _D.content_layer,
+    content_weight: float = _D.content_weight,
+    style_layers: Sequence[int] = _D.style_layers,
+    style_weights: Sequence[float] = _D.style_weights,
+    tv_weight: float = _D.tv_weight,
+    init: str = _D.init,
+    iterations: int = _D.iterations,
+    lr: float = _D.lr,
+    decayed_lr: float = _D.decayed_lr,
+    decay_at: int = _D.decay_at,
     clamp_until: int | None = None,
-    preserve_color: bool = False,
+    preserve_color: bool = _D.preserve_color,
     seed: int | None = None,
     preview_every: int = 0,
     weight_multipliers: WeightMultipliers | Mapping | None = None,
     cancel: CancelToken | None = None,
-    optimizer: str = "adam",
+    optimizer: str = _D.optimizer,
     precision: str = "auto",
 ) -> Iterator[StyleProgress]:
     """Stylise ``content`` after ``styles``, one Adam step per ``next()``.
@@ -190,6 +210,7 @@ def style_transfer_steps(
       Gram matrices, losses, the image and the optimiser stay float32), or 'auto': bfloat16 on a CPU
       with native bfloat16 arithmetic (``native_bf16``), float32 elsewhere.
 
+    The defaults are ``StyleOptions``'s (the ``starry_night`` preset and the assignment's schedule).
     Returns: a generator of ``StyleProgress``; the last one has ``final=True`` and ``image`` set.
     """
     job = _check(content, styles, model=model, style_blend=style_blend, image_size=image_size,

@@ -26,7 +26,14 @@ from pixelrpc.models.visualization.inputs import (
     positive_int,
     scores_of,
 )
+from pixelrpc.models.visualization.options import (
+    MIN_CLASS_VISUALIZATION_SIDE,
+    ClassVisualizationOptions,
+    default_max_jitter,
+)
 from pixelrpc.models.zoo import ImageModel
+
+_D = ClassVisualizationOptions  # the defaults
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,11 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.nn.functional.conv2d(rows, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # (N, C, H, W)
 
 
-def class_visualization_steps(target_y, model: ImageModel | torch.nn.Module, l2_reg: float = 1e-3,
-                              learning_rate: float = 25.0, num_iterations: int = 100, blur_every: int = 10,
-                              max_jitter: int = 16, show_every: int = 25, seed: int | None = None, *,
-                              size: int | None = None, blur_sigma: float = 0.5,
+def class_visualization_steps(target_y, model: ImageModel | torch.nn.Module, l2_reg: float = _D.l2_reg,
+                              learning_rate: float = _D.learning_rate, num_iterations: int = _D.num_iterations,
+                              blur_every: int = _D.blur_every, max_jitter: int | None = _D.max_jitter,
+                              show_every: int = _D.show_every, seed: int | None = None, *,
+                              size: int | None = None, blur_sigma: float = _D.blur_sigma,
                               ) -> Iterator[ClassVisualizationProgress | ClassVisualizationResult]:
     """Generator: the assignment's class visualization, one step per item.
 
@@ -89,14 +97,17 @@ def class_visualization_steps(target_y, model: ImageModel | torch.nn.Module, l2_
     - learning_rate: L2 length of each step in normalised units.
     - num_iterations: number of steps.
     - blur_every: blur (sigma ``blur_sigma``) at every step t with t % blur_every == 0; 0 never blurs.
-    - max_jitter: the image is rolled by up to this many pixels before each step and rolled back after.
+    - max_jitter: the image is rolled by up to this many pixels before each step and rolled back after;
+      None: ``default_max_jitter(S)`` (16, at most S / 4).
     - show_every: attach preview images every this many steps (and at the first and last); 0 never.
     - seed: seeds the initial noise and the jitter; None picks one (reported in the result).
     - size: the square side S (default the model's input size).
+    The defaults are ``ClassVisualizationOptions``'s.
     Yields a ClassVisualizationProgress per step, then one ClassVisualizationResult.
     """
     model = as_image_model(model)
-    side = positive_int(size if size is not None else model.input_size, "size", minimum=8)
+    side = positive_int(size if size is not None else model.input_size, "size", minimum=MIN_CLASS_VISUALIZATION_SIDE)
+    max_jitter = default_max_jitter(side) if max_jitter is None else max_jitter
     l2_reg = non_negative(l2_reg, "l2_reg")
     learning_rate = non_negative(learning_rate, "learning_rate")
     num_iterations = positive_int(num_iterations, "num_iterations")
@@ -153,10 +164,11 @@ def _output_width(model: ImageModel, side: int, device, dtype) -> int:
     return int(scores_of(model, torch.zeros((1, 3, side, side), device=device, dtype=dtype)).shape[1])
 
 
-def create_class_visualization(target_y, model: ImageModel | torch.nn.Module, l2_reg: float = 1e-3,
-                               learning_rate: float = 25.0, num_iterations: int = 100, blur_every: int = 10,
-                               max_jitter: int = 16, show_every: int = 25, seed: int | None = None, *,
-                               size: int | None = None, blur_sigma: float = 0.5) -> ClassVisualizationResult:
+def create_class_visualization(target_y, model: ImageModel | torch.nn.Module, l2_reg: float = _D.l2_reg,
+                               learning_rate: float = _D.learning_rate, num_iterations: int = _D.num_iterations,
+                               blur_every: int = _D.blur_every, max_jitter: int | None = _D.max_jitter,
+                               show_every: int = _D.show_every, seed: int | None = None, *,
+                               size: int | None = None, blur_sigma: float = _D.blur_sigma) -> ClassVisualizationResult:
     """Run ``class_visualization_steps`` to the end and return its ClassVisualizationResult."""
     result = None
     for result in class_visualization_steps(  # noqa: B007

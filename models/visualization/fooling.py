@@ -24,7 +24,10 @@ from pixelrpc.models.visualization.inputs import (
     positive_int,
     scores_of,
 )
+from pixelrpc.models.visualization.options import FoolingOptions
 from pixelrpc.models.zoo import ImageModel
+
+_D = FoolingOptions  # the defaults
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ def _pixels(model: ImageModel, x: torch.Tensor) -> torch.Tensor:
     return (x * _pixel_scale(model, x)) + mean / model.value_scale
 
 
-def fooling_steps(X: torch.Tensor, target_y, model: ImageModel | torch.nn.Module, learning_rate: float = 1.0,
-                  max_iters: int = 100, *, clamp: bool = True) -> Iterator[FoolingProgress | FoolingResult]:
+def fooling_steps(X: torch.Tensor, target_y, model: ImageModel | torch.nn.Module, learning_rate: float = _D.learning_rate,
+                  max_iters: int = _D.max_iterations, *, clamp: bool = True) -> Iterator[FoolingProgress | FoolingResult]:
     """Generator: one L2-normalised gradient-ascent step on the target score per iteration.
 
     Inputs:
@@ -131,8 +134,8 @@ def fooling_steps(X: torch.Tensor, target_y, model: ImageModel | torch.nn.Module
     )
 
 
-def make_fooling_image(X: torch.Tensor, target_y, model: ImageModel | torch.nn.Module, learning_rate: float = 1.0,
-                       max_iters: int = 100, *, clamp: bool = True) -> FoolingResult:
+def make_fooling_image(X: torch.Tensor, target_y, model: ImageModel | torch.nn.Module, learning_rate: float = _D.learning_rate,
+                       max_iters: int = _D.max_iterations, *, clamp: bool = True) -> FoolingResult:
     """Run ``fooling_steps`` to the end and return its FoolingResult."""
     result = None
     for result in fooling_steps(X, target_y, model, learning_rate, max_iters, clamp=clamp):  # noqa: B007

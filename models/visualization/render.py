@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pixelrpc.models.errors import InvalidInput
+from pixelrpc.models.visualization.options import FoolingOptions
 
 
 def _unit_map(saliency: torch.Tensor | np.ndarray, percentile: float = 99.5) -> np.ndarray:
@@ -47,7 +48,7 @@ def saliency_overlay(image: Image.Image, saliency: torch.Tensor | np.ndarray, al
     return Image.fromarray((base * (1 - weight) + heat * weight + 0.5).astype(np.uint8), mode="RGB")
 
 
-def fooling_comparison(original: Image.Image, fooled: Image.Image, magnify: float = 10.0,
+def fooling_comparison(original: Image.Image, fooled: Image.Image, magnify: float = FoolingOptions.magnify,
                        labels: tuple[str, str] | None = None) -> Image.Image:
     """Side by side: the original, the fooling image and their difference magnified about mid-grey.
 

@@ -28,10 +28,11 @@ from pixelrpc.models.visualization.inputs import (
     positive_int,
     scores_of,
 )
+from pixelrpc.models.visualization.options import METHODS, IntegratedGradientsOptions, SmoothGradOptions
 from pixelrpc.models.zoo import ImageModel
 
 DEFAULT_BATCH_SIZE = 8
-METHODS = ("vanilla", "smoothgrad", "integrated_gradients")
+_SG, _IG = SmoothGradOptions, IntegratedGradientsOptions  # the defaults
 IG_RULES = ("trapezoid", "riemann_trapezoid")
 
 
@@ -127,8 +128,8 @@ def compute_saliency_maps(X: torch.Tensor, y, model: ImageModel | torch.nn.Modul
     return grads.abs().amax(dim=1)  # (N, 3, H, W) -> (N, H, W)
 
 
-def smoothgrad(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, *, noise_level: float = 0.15,
-               samples: int = 25, seed: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+def smoothgrad(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, *, noise_level: float = _SG.noise_level,
+               samples: int = _SG.samples, seed: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                cancel: CancelToken | None = None) -> SaliencyResult:
     """SmoothGrad: the mean of |gradient| over ``samples`` noisy copies of each image.
 
@@ -207,8 +208,8 @@ def path_weights(steps: int, rule: str = "trapezoid") -> tuple[list[float], list
     return alphas, weights
 
 
-def integrated_gradients(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, *, baseline="black",
-                         steps: int = 50, rule: str = "trapezoid", batch_size: int = DEFAULT_BATCH_SIZE,
+def integrated_gradients(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, *, baseline=_IG.baseline,
+                         steps: int = _IG.steps, rule: str = "trapezoid", batch_size: int = DEFAULT_BATCH_SIZE,
                          cancel: CancelToken | None = None) -> SaliencyResult:
     """Integrated Gradients along the straight path from ``baseline`` to X.
 
@@ -247,8 +248,8 @@ def integrated_gradients(X: torch.Tensor, y, model: ImageModel | torch.nn.Module
 
 def saliency(X: torch.Tensor, y, model: ImageModel | torch.nn.Module, method: str = "vanilla", *,
              batch_size: int = DEFAULT_BATCH_SIZE, cancel: CancelToken | None = None,
-             noise_level: float = 0.15, samples: int = 25, seed: int | None = None,
-             baseline="black", steps: int = 50, rule: str = "trapezoid") -> SaliencyResult:
+             noise_level: float = _SG.noise_level, samples: int = _SG.samples, seed: int | None = None,
+             baseline=_IG.baseline, steps: int = _IG.steps, rule: str = "trapezoid") -> SaliencyResult:
     """One entry point for the three methods (``vanilla``, ``smoothgrad``, ``integrated_gradients``).
 
     Options that do not apply to ``method`` are ignored. Returns a SaliencyResult (maps (N, H, W)).

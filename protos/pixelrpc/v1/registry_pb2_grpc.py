@@ -54,13 +54,17 @@ class ModelRegistryServicer:
     """
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The healthy models of the tasks this process serves, and the broken registry entries. Answers
+        UNAVAILABLE while the registry folder is gone or unreadable. Never takes a job slot.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One model version, with whether it is loaded, its golden examples' state and whether it serves.
+        NOT_FOUND names the model (never a server path). Never takes a job slot.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

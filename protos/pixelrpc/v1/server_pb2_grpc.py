@@ -54,13 +54,17 @@ class ServerInfoServicer:
     """
 
     def GetServerInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """What this process serves, its limits, its registry state and each service's readiness. Never takes
+        a job slot.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DescribeImage(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Checks an image against this server's limits from its header, decoding no pixel (see
+        DescribeImageResponse). Never takes a job slot.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -9,8 +9,8 @@ read its address from, and the retry policy its client channels use. Readers: th
 tasks, default models), the launcher, and ``tests/test_suite_table.py``, which checks that
 ``docker-compose.yml``, the Dockerfile and ``scripts/compose_test.sh`` agree with it.
 
-Plain data on purpose: this module imports nothing beyond the standard library, so the client side
-(no torch) and the server side both import it. Code is named by dotted path (``client``,
+Plain data on purpose (``pixelrpc.common``): this module imports nothing beyond the standard library,
+so the client side (no torch) and the server side both import it, and neither imports the other. Code is named by dotted path (``client``,
 ``server_module``) and imported only by whoever needs it; a missing module is an error, never skipped.
 
 To add a service: one row here, its servicer module and its client module.
@@ -27,7 +27,7 @@ class RetryPolicy:
     """gRPC's retry policy for a service's calls (A6 client-side retries), applied by the channel
     before any response message has arrived."""
 
-    max_attempts: int = 4
+    max_attempts: int = 5  # gRPC's cap: retries over 0.1 + 0.2 + 0.4 + 0.8 s outlast one reconnect backoff
     initial_backoff: str = "0.1s"
     max_backoff: str = "2s"
     backoff_multiplier: float = 2
