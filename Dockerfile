@@ -1,8 +1,8 @@
 # PixelRPC: one image for the whole suite; each service is this image with another command
 # (see docker-compose.yml).
 #
-#   docker build -t pixelrpc:latest .                                  # online: deps from PyPI
-#   docker build -t pixelrpc:latest --network host \
+#   docker build -t pixelrpc:0.1.0 .                                  # online: deps from PyPI
+#   docker build -t pixelrpc:0.1.0 --network host \
 #       --build-arg BASE_IMAGE=pixelrpc-base:bookworm \
 #       --build-arg WHEELS_URL=http://127.0.0.1:8765/ .                # offline: see docker/README.md
 #

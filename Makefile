@@ -7,16 +7,17 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 
-.PHONY: install test demo lint protos check-protos docs check-docs bench compose-test clean help
+.PHONY: install test demo lint protos check-protos docs check-docs bench compose-test scale-test clean help
 
 help:
 	@echo "make demo          install, then run the demo on the embedded default models"
 	@echo "make test          install, then run the test suite (includes the generated-code and docs drift checks)"
 	@echo "make lint          ruff + buf lint"
-	@echo "make protos        regenerate protos/pixelrpc/v1/*_pb2*.py(i)"
+	@echo "make protos        regenerate protos/pixelrpc/{v1,inference}/*_pb2*.py(i)"
 	@echo "make docs          regenerate docs/api.md (from the proto comments) and docs/configuration.md's table"
 	@echo "make bench         run the benchmarks in bench/"
 	@echo "make compose-test  build the image and test the docker-compose deployment (not part of make test)"
+	@echo "make scale-test    replicas behind nginx and client round_robin, under load and faults (not part of make test)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,12 @@ bench: $(STAMP)
 
 compose-test:
 	bash scripts/compose_test.sh
+
+# Scale-out on this machine (scripts/scale_test.py, docs/scaling.md): needs Debian's nginx.
+scale-test: $(STAMP)
+	@command -v nginx > /dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nginx; } \
+		|| { echo "install nginx (apt-get install nginx)"; exit 1; }
+	OMP_NUM_THREADS=1 PIXELRPC_TORCH_THREADS=1 $(PY) scripts/scale_test.py
 
 clean:
 	rm -rf build dist *.egg-info demo-output .pytest_cache

@@ -245,10 +245,11 @@ def import_group():
 
 def _load_extensions() -> None:
     """Sources of ``models import`` (register_import(group)) and other model commands (register_models)."""
-    from pixelrpc.cli import bootstrap, models_import
+    from pixelrpc.cli import bootstrap, models_import, models_sync
 
     models_import.register_import(import_group)
     bootstrap.register_models(models_group)
+    models_sync.register_models(models_group)
 
 
 def register(group: click.Group) -> None:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `make compose-test`: build the image, bring the suite up with docker-compose, wait until every
-# service is healthy, run captioning (streamed), saliency and a short style transfer from the host
-# through the CLI, and bring it down. Not part of `make test`.
+# service is healthy, check the hardening of every running container (read-only root, writable /tmp,
+# no capabilities, no-new-privileges, non-root, CPU shares, log rotation), check that Prometheus
+# scrapes the three services, run captioning (streamed), saliency and a short style transfer from the
+# host through the CLI, and bring it down. Not part of `make test` (tests/test_compose.py checks the
+# rendered configuration there).
 #
 # It talks to loopback only: docker-compose.host.yml puts the services on the host network bound to
 # 127.0.0.1. It works without any image registry: the base image is debootstrapped locally
@@ -27,7 +30,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PROJECT=${COMPOSE_PROJECT:-pixelrpc-test}
-IMAGE=${PIXELRPC_IMAGE:-pixelrpc:latest}
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -n1)
+IMAGE=${PIXELRPC_IMAGE:-pixelrpc:$VERSION}
+PROM_IMAGE=${PIXELRPC_PROMETHEUS_IMAGE:-pixelrpc-prometheus:$VERSION}
 BASE_IMAGE=${PIXELRPC_BASE_IMAGE:-pixelrpc-base:bookworm}
 OUT=${COMPOSE_TEST_OUT:-$ROOT/docker/build/compose-test}
 DATA_ROOT=${DOCKER_DATA_ROOT:-/var/lib/docker}
@@ -150,6 +155,10 @@ build_image() {
     WHEEL_SERVER=""
     # The image this replaced is ~6 GB: drop the untagged pixelrpc images (only those) right away.
     "$DOCKER" image prune -f --filter label=org.opencontainers.image.title=pixelrpc > /dev/null
+    log "building $PROM_IMAGE (Debian's prometheus package on $BASE_IMAGE)"
+    DOCKER_BUILDKIT=0 "$DOCKER" build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROM_IMAGE" \
+        "$ROOT/docker/prometheus" > "$OUT/build-prometheus.log" 2>&1 ||
+        { tail -n 30 "$OUT/build-prometheus.log" >&2; die "prometheus image build failed"; }
 }
 
 # --- suite -------------------------------------------------------------------------------------------
@@ -158,7 +167,7 @@ build_image() {
 # (`config`) and the published ports of host-network services are dropped from the result.
 render_host_config() {
     local merged=$OUT/docker-compose.merged.yml
-    PIXELRPC_IMAGE=$IMAGE "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.host.yml config > "$merged"
+    PIXELRPC_IMAGE=$IMAGE PIXELRPC_PROMETHEUS_IMAGE=$PROM_IMAGE "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.host.yml config > "$merged"
     /usr/bin/python3 - "$merged" "$OUT/docker-compose.effective.yml" <<'EOF'
 import sys
 
@@ -231,6 +240,56 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# --- hardening and monitoring ---------------------------------------------------------------------------
+check_hardening() {
+    local svc cid f status nproc total=0
+    for svc in "${SERVICES[@]}" prometheus; do
+        cid=$("${COMPOSE[@]}" ps -q "$svc")
+        [[ -n $cid ]] || die "$svc is not running"
+        f=$("$DOCKER" inspect -f '{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.NanoCpus}} {{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config "max-size"}}' "$cid")
+        read -r ro caps secopt nano logtype maxsize <<< "$f"
+        [[ $ro == true ]] || die "$svc: root file system is not read-only"
+        [[ $caps == '["ALL"]' ]] || die "$svc: capabilities not all dropped ($caps)"
+        [[ $secopt == *no-new-privileges:true* ]] || die "$svc: no-new-privileges missing ($secopt)"
+        [[ $nano -gt 0 ]] || die "$svc: no CPU limit"
+        [[ $logtype == json-file && -n $maxsize ]] || die "$svc: logs not rotated ($logtype $maxsize)"
+        total=$((total + nano))
+        status=$("$DOCKER" exec "$cid" cat /proc/1/status)
+        grep -qE '^CapEff:[[:space:]]+0+$' <<< "$status" || die "$svc: effective capabilities are not empty"
+        grep -qE '^NoNewPrivs:[[:space:]]+1$' <<< "$status" || die "$svc: NoNewPrivs is not set"
+        [[ $("$DOCKER" exec "$cid" id -u) != 0 ]] || die "$svc runs as root"
+        ! "$DOCKER" exec "$cid" sh -c ': > /probe-write' 2> /dev/null || die "$svc: / is writable"
+        "$DOCKER" exec "$cid" sh -c ': > /tmp/probe-write && rm /tmp/probe-write' || die "$svc: /tmp is not writable"
+        log "$svc: read-only root, writable /tmp, CapEff 0, NoNewPrivs, uid $("$DOCKER" exec "$cid" id -u)," \
+            "cpus $(awk "BEGIN {print $nano / 1e9}"), logs $logtype max-size $maxsize"
+    done
+    nproc=$(nproc)
+    ((total <= nproc * 1000000000)) || die "CPU shares sum to $((total / 1000000)) mCPU, more than the host's $nproc cores"
+}
+
+check_prometheus() {
+    local deadline=$((SECONDS + 90)) body=""
+    while ((SECONDS < deadline)); do
+        body=$("$PY" -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+            "http://127.0.0.1:9090/api/v1/targets?state=active" 2> /dev/null || true)
+        if [[ -n $body ]] && "$PY" -c 'import json, sys
+targets = json.loads(sys.argv[1])["data"]["activeTargets"]
+up = sorted(t["labels"]["instance"].rsplit(":", 1)[1] for t in targets if t["health"] == "up")
+print("prometheus targets up (metrics ports):", up, file=sys.stderr)
+sys.exit(0 if up == ["9101", "9102", "9103"] else 1)' "$body"; then
+            "$PY" -c 'import json, sys, urllib.request
+r = json.loads(urllib.request.urlopen(sys.argv[1], timeout=5).read())
+assert r["data"]["result"], "no pixelrpc_service_ready samples"
+print("prometheus: pixelrpc_service_ready", {x["metric"]["service"]: x["value"][1] for x in r["data"]["result"]}, file=sys.stderr)' \
+                "http://127.0.0.1:9090/api/v1/query?query=pixelrpc_service_ready" || die "no pixelrpc metrics in Prometheus"
+            return
+        fi
+        sleep 5
+    done
+    die "Prometheus does not scrape all three services: $body"
+}
+
 # --- the calls a user makes ----------------------------------------------------------------------------
 exercise() {
     local addr
@@ -282,6 +341,7 @@ ensure_daemon
 render_host_config
 t=$SECONDS; build_image; log "image ready in $((SECONDS - t)) s"
 t=$SECONDS; up; wait_healthy; log "suite up and healthy in $((SECONDS - t)) s"
+t=$SECONDS; check_hardening; check_prometheus; log "hardening and Prometheus checked in $((SECONDS - t)) s"
 t=$SECONDS; exercise; log "CLI calls done in $((SECONDS - t)) s"
 disk_report
 if [[ -n ${KEEP_UP:-} ]]; then

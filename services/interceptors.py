@@ -24,6 +24,8 @@ from pixelrpc.services.runtime import request_id_for
 
 log = logging.getLogger("pixelrpc.server")
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+# Open Inference Protocol liveness and readiness: probes, open without a token like grpc.health.v1.
+OPEN_METHODS = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
 OWN_SERVICES_PREFIX = "/pixelrpc.v1."  # handlers wrapped by ``runtime.rpc``
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
@@ -47,14 +49,14 @@ def _kind(handler) -> tuple[str, object]:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Require ``authorization: Bearer <token>`` on every RPC except health checks."""
+    """Require ``authorization: Bearer <token>`` on every RPC except health checks (``OPEN_METHODS``)."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or details.method.startswith(HEALTH_METHOD_PREFIX):
+        if handler is None or details.method.startswith(HEALTH_METHOD_PREFIX) or details.method in OPEN_METHODS:
             return handler
         presented = ""
         for key, value in details.invocation_metadata or ():

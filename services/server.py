@@ -344,6 +344,11 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     first.state[CACHES_KEY] = [c.cache for c in contexts.values()]
     registry_service.add_to_server(server, first)
     server_info.add_to_server(server, first)
+    # The Open Inference Protocol (KServe V2 / Triton gRPC) on the same port, over the same contexts.
+    from pixelrpc.services import oip
+
+    oip.add_to_server(server, contexts)
+    served.append(oip.SERVICE_NAME)
     health_names = [SERVICES[n].full_name for n in services]
     health_names.append(registry_service.SERVICE_NAME)
     if settings.reflection:

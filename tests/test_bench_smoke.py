@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -59,3 +60,20 @@ def test_visualization_bench_smoke_prints_its_rows(quick_bootstrap):
     for workload in ("Classify p50", "Saliency p50", "FoolingImage per step", "ClassVisualization per step",
                      "4 concurrent clients"):
         assert any(workload in row for row in rows), proc.stdout
+
+
+def test_oip_bench_smoke_records_every_row(quick_bootstrap, tmp_path):
+    """``bench/oip.py --smoke``: native gRPC vs OIP gRPC (grpc.aio stub and tritonclient) for Classify and
+    Caption, p50, throughput at 4 and 64 clients and server CPU per call: sixteen rows. No timing assertions."""
+    if importlib.util.find_spec("tritonclient") is None:  # not imported: see tests/oip_client.py
+        pytest.skip("tritonclient is a test dependency (pyproject dev extra)")
+    results = tmp_path / "rows.jsonl"
+    env = {**os.environ, "PIXELRPC_BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "oip.py"), "--smoke", "--registry",
+                           str(quick_bootstrap.registry.root)], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    rows = results.read_text().splitlines()
+    assert len(rows) == 16, proc.stdout
+    for expected in ("Classify p50, 1 client, OIP gRPC (grpc.aio stub)", "Caption throughput, 64 clients",
+                     "OIP gRPC (tritonclient)", "server CPU per call, 64 clients"):
+        assert expected in " ".join(rows), expected

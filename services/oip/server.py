@@ -1,0 +1,220 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol (KServe V2, Triton's gRPC flavour).
+
+Served by every PixelRPC process on its gRPC port, next to the native services (``create_server``):
+the same registry, model cache, job slots, pixel budget, limits, bearer-token auth and metrics. Every
+registry model that one of the process's services can run is an OIP model: its name and version
+are the registry's, its task picks the adapter (``services/oip/models.py``) that turns the tensors
+into the native servicer's domain call.
+
+The servicer is thin like the native ones: ``@rpc`` gives every method the request id, access log
+line, metrics and the one error table (bad tensors: INVALID_ARGUMENT naming the tensor; unknown
+model: NOT_FOUND; a full queue: RESOURCE_EXHAUSTED). ``ModelStreamInfer`` answers the requests of a
+stream in order, with any number of responses each (decoupled: style progress, caption tokens);
+a failed request answers ``error_message`` (``CODE: message``) and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pixelrpc.common.suite import SERVICES
+from pixelrpc.inference import grpc_service_pb2 as pb
+from pixelrpc.inference import grpc_service_pb2_grpc as pb_grpc
+from pixelrpc.inference import model_config_pb2 as config_pb
+from pixelrpc.models.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    ModelCorrupt,
+    ModelNotFound,
+    PixelRPCError,
+    clip,
+)
+from pixelrpc.services.errors import status_code_for
+from pixelrpc.services.oip.models import ADAPTERS, Adapter, InferRequest, InferResult, parse_version
+from pixelrpc.services.oip.tensors import BYTES, inputs_of, parameters_of, set_parameter, write_outputs
+from pixelrpc.services.runtime import Call, ServiceContext, rpc
+from pixelrpc.services.server_info import READINESS_KEY, package_version
+
+log = logging.getLogger("pixelrpc.oip")
+SERVICE_NAME = "inference.GRPCInferenceService"
+# Triton's protocol extensions PixelRPC implements (ServerMetadata.extensions).
+EXTENSIONS = ("classification", "model_configuration", "model_repository", "parameters")
+FULL_NAMES = {name: spec.full_name for name, spec in SERVICES.items()}  # the suite table's
+CONFIG_TYPES = {"BOOL": config_pb.TYPE_BOOL, "UINT8": config_pb.TYPE_UINT8, "UINT16": config_pb.TYPE_UINT16,
+                "UINT32": config_pb.TYPE_UINT32, "UINT64": config_pb.TYPE_UINT64, "INT8": config_pb.TYPE_INT8,
+                "INT16": config_pb.TYPE_INT16, "INT32": config_pb.TYPE_INT32, "INT64": config_pb.TYPE_INT64,
+                "FP16": config_pb.TYPE_FP16, "FP32": config_pb.TYPE_FP32, "FP64": config_pb.TYPE_FP64,
+                BYTES: config_pb.TYPE_STRING}
+FINAL = "triton_final_response"
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, contexts: dict[str, ServiceContext]):
+        self.contexts = contexts
+        self.ctx = next(iter(contexts.values()))  # metrics and logs of the process's (first) service
+        self.adapters: dict[str, Adapter] = {name: ADAPTERS[name](ctx) for name, ctx in contexts.items()
+                                             if name in ADAPTERS}
+
+    # ------------------------------------------------------------------ routing
+    def _pick(self, manifest) -> tuple[str, Adapter]:
+        for service, adapter in self.adapters.items():
+            if adapter.task in manifest.tasks:
+                return service, adapter
+        served = ", ".join(a.task for a in self.adapters.values())
+        raise ModelNotFound(f"model {manifest.ref} is not served here: its tasks are "
+                            f"{', '.join(manifest.tasks)}, this server runs {served} models")
+
+    async def _route(self, name: str, version: int, call: Call) -> tuple[str, Adapter, object]:
+        """(service, adapter, manifest) of ``name:version``; the call's context becomes that service's."""
+        if not name:
+            raise InvalidInput("model_name is required: name a registry model (RepositoryIndex lists them)",
+                               field="model_name")
+        manifest = None
+        for ctx in self.contexts.values():  # a loaded model needs no executor hop
+            loaded = ctx.cache.peek(name, version)
+            if loaded is not None:
+                manifest = loaded.manifest
+                break
+        if manifest is None:
+            manifest = await call.control(self.ctx.registry.resolve, name, version)
+        service, adapter = self._pick(manifest)
+        call.ctx = self.contexts[service]
+        call.model = manifest.ref
+        return service, adapter, manifest
+
+    @staticmethod
+    def _request(request: pb.ModelInferRequest) -> InferRequest:
+        version = parse_version(request.model_version)
+        return InferRequest(request.model_name, version, request.id, inputs_of(request),
+                            {o.name: parameters_of(o.parameters) for o in request.outputs},
+                            parameters_of(request.parameters))
+
+    @staticmethod
+    def _response(req: InferRequest, result: InferResult, stream: bool = False) -> pb.ModelInferResponse:
+        response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=req.id)
+        write_outputs(response, result.outputs)
+        for key, value in result.parameters.items():
+            set_parameter(response.parameters, key, value)
+        if stream:
+            set_parameter(response.parameters, FINAL, result.final)
+        return response
+
+    # ------------------------------------------------------------------ health and metadata
+    @rpc
+    async def ServerLive(self, request, call: Call):
+        return pb.ServerLiveResponse(live=True)
+
+    def _ready(self, service: str | None = None) -> bool:
+        readiness = self.ctx.state.get(READINESS_KEY) or {}
+        names = [FULL_NAMES[service]] if service else [FULL_NAMES[s] for s in self.contexts if s in FULL_NAMES]
+        return bool(names) and all(readiness.get(n, (False, ""))[0] for n in names)
+
+    @rpc
+    async def ServerReady(self, request, call: Call):
+        return pb.ServerReadyResponse(ready=self._ready())
+
+    @rpc
+    async def ServerMetadata(self, request, call: Call):
+        return pb.ServerMetadataResponse(name="pixelrpc", version=package_version(), extensions=list(EXTENSIONS))
+
+    @rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, call: Call):
+        """Ready: the version resolves (sealed, verified manifest), a ready service of this process runs
+        its task, and it did not fail its golden examples. A model not loaded yet is ready: it loads on
+        its first request."""
+        try:
+            service, _adapter, manifest = await self._route(request.name, parse_version(request.version), call)
+        except (ModelNotFound, FailedPrecondition, ModelCorrupt):
+            return pb.ModelReadyResponse(ready=False)
+        golden = self.contexts[service].cache.golden_status(manifest.name, manifest.version)
+        failed = golden is not None and golden.state == "failed"
+        return pb.ModelReadyResponse(ready=self._ready(service) and not failed)
+
+    @rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, call: Call):
+        _service, adapter, manifest = await self._route(request.name, parse_version(request.version), call)
+        versions = await call.control(self.ctx.registry.versions, manifest.name)
+        inputs, outputs = adapter.describe(manifest)
+        spec = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=manifest.name, versions=[str(v) for v in versions], platform=f"pixelrpc_{manifest.framework}",
+            inputs=[spec(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in inputs],
+            outputs=[spec(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in outputs])
+
+    @rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, call: Call):
+        _service, adapter, manifest = await self._route(request.name, parse_version(request.version), call)
+        inputs, outputs = adapter.describe(manifest)
+        config = config_pb.ModelConfig(
+            name=manifest.name, platform=f"pixelrpc_{manifest.framework}", backend="pixelrpc", max_batch_size=0,
+            input=[config_pb.ModelInput(name=s.name, data_type=CONFIG_TYPES[s.datatype], dims=list(s.shape),
+                                        optional=s.optional) for s in inputs],
+            output=[config_pb.ModelOutput(name=s.name, data_type=CONFIG_TYPES[s.datatype], dims=list(s.shape))
+                    for s in outputs],
+            model_transaction_policy=config_pb.ModelTransactionPolicy(decoupled=adapter.decoupled))
+        config.parameters["task"].string_value = adapter.task
+        config.parameters["version"].string_value = str(manifest.version)
+        config.parameters["sha256"].string_value = manifest.sha256
+        if adapter.task == "captioning":
+            config.dynamic_batching.SetInParent()  # the captioning batcher decodes callers together
+        return pb.ModelConfigResponse(config=config)
+
+    @rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, call: Call):
+        manifests, broken = await call.control(self.ctx.registry.scan, None, all_versions=True)
+        tasks = {a.task for a in self.adapters.values()}
+        index = pb.RepositoryIndexResponse.ModelIndex
+        models = [index(name=m.name, version=str(m.version), state="READY")
+                  for m in manifests if tasks & set(m.tasks)]
+        if not request.ready:
+            models += [index(name=b.name, version=str(b.version or ""), state="UNAVAILABLE",
+                             reason=clip(b.reason, 500)) for b in broken]
+        return pb.RepositoryIndexResponse(models=models)
+
+    # ------------------------------------------------------------------ inference
+    @rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, call: Call):
+        try:
+            req = self._request(request)
+            _service, adapter, _manifest = await self._route(req.model, req.version, call)
+            return self._response(req, await adapter.infer(req, call))
+        except InvalidInput as exc:
+            raise naming_tensor(exc) from None
+
+    @rpc
+    async def ModelStreamInfer(self, request_iterator, call: Call):
+        async for request in request_iterator:
+            try:
+                req = self._request(request)
+                _service, adapter, _manifest = await self._route(req.model, req.version, call)
+                async for result in adapter.stream(req, call):
+                    yield pb.ModelStreamInferResponse(infer_response=self._response(req, result, stream=True))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed request is answered; the stream goes on
+                if isinstance(exc, InvalidInput):
+                    exc = naming_tensor(exc)
+                if isinstance(exc, PixelRPCError):
+                    message = f"{status_code_for(exc).name}: {exc.message}"
+                else:
+                    log.error("ModelStreamInfer request %r failed (request id %s)", request.id, call.request_id,
+                              exc_info=exc)
+                    message = f"INTERNAL: internal error (request id {call.request_id}); the server logged the details"
+                yield pb.ModelStreamInferResponse(error_message=clip(message, 1000), infer_response=pb.ModelInferResponse(
+                    id=request.id, model_name=request.model_name, model_version=request.model_version))
+
+
+def naming_tensor(exc: InvalidInput) -> InvalidInput:
+    """The native helpers name their fields (``inputs[IMAGE][0]`` for an image of the IMAGE tensor) in
+    the BadRequest details; tritonclient shows only the message, so it names the tensor too."""
+    field = exc.violations[0].field if exc.violations else ""
+    tensor = field[len("inputs["):].split("]", 1)[0] if field.startswith("inputs[") else ""
+    if tensor and tensor not in exc.message:
+        exc.message = f"{field}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
+
+
+def add_to_server(server, contexts: dict[str, ServiceContext]) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(contexts), server)
