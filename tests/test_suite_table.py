@@ -76,8 +76,8 @@ def test_a_missing_module_is_an_error_never_skipped(monkeypatch, tmp_path):
 
 
 def test_docker_compose_agrees_with_the_table():
-    services = set(re.findall(r"^  ([\w-]+):\n", COMPOSE.split("\nservices:\n", 1)[1].split("\nvolumes:\n")[0], re.M))
-    assert services - {"registry-init"} == set(SERVICES)
+    served = set(re.findall(r'command: \["pixelrpc", "serve", "([\w-]+)"', COMPOSE))
+    assert served == set(SERVICES)  # one compose service per row, each running `pixelrpc serve NAME`
     for name, spec in SERVICES.items():
         text = compose_service(name)
         key = name.upper()
@@ -90,7 +90,7 @@ def test_docker_compose_agrees_with_the_table():
         (preload,) = re.findall(rf"PIXELRPC_PRELOAD: \$\{{PIXELRPC_{key}_PRELOAD:-([\w.-]+)\}}", text)
         assert preload in spec.default_models
     host = (REPO / "docker-compose.host.yml").read_text()
-    assert set(re.findall(r"^  ([\w-]+):\n", host, re.M)) == set(SERVICES)
+    assert set(SERVICES) <= set(re.findall(r"^  ([\w-]+):\n", host, re.M))
 
 
 def test_the_image_and_the_compose_test_agree_with_the_table():
