@@ -47,7 +47,7 @@ COPY . /opt/pixelrpc/src
 RUN set -eux; \
     python3 -m venv /opt/pixelrpc/venv; \
     if [ -n "$WHEELS_URL" ]; then set -- --no-index --find-links "$WHEELS_URL"; else set --; fi; \
-    pip install --no-cache-dir "$@" /opt/pixelrpc/src; \
+    pip install --no-cache-dir "$@" "/opt/pixelrpc/src[serve]"; \
     rm -rf /opt/pixelrpc/src/build /opt/pixelrpc/src/*.egg-info; \
     groupadd --system --gid "$PIXELRPC_UID" pixelrpc; \
     useradd --system --uid "$PIXELRPC_UID" --gid pixelrpc --home-dir /home/pixelrpc --no-create-home \

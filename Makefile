@@ -24,7 +24,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[serve,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -59,7 +59,7 @@ lint: $(STAMP) check-protos
 	node_modules/.bin/buf lint
 
 demo: $(STAMP)
-	$(PY) -m pixelrpc.clients.demo
+	$(PY) -m pixelrpc.cli.demo
 
 # Every benchmark records its rows (bench/results.py); the run ends with one table of them all.
 BENCH_RESULTS := build/bench-results.jsonl

@@ -61,7 +61,7 @@ def rss_mib(pid: int) -> float:
 
 def start_server(registry: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "PIXELRPC_DEVICE": os.environ.get("PIXELRPC_DEVICE", "cpu"), "PIXELRPC_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "captioning", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", "captioning", "--port", str(port),
                              "--registry", registry, "--metrics-port", "0", "--http-port", "-1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     from pixelrpc.clients.captioning import CaptioningClient
@@ -87,7 +87,7 @@ def cli_case(address: str, images: list[bytes]) -> tuple[int, Counter]:
             path = Path(folder) / f"img{i:03d}.png"
             path.write_bytes(data)
             paths.append(str(path))
-        out = subprocess.run([sys.executable, "-m", "pixelrpc.clients.cli", "caption", *paths, "--addr", address,
+        out = subprocess.run([sys.executable, "-m", "pixelrpc.cli", "caption", *paths, "--addr", address,
                               "--json", "--timeout", "300"], capture_output=True, text=True)
     results = json.loads(out.stdout) if out.stdout.strip() else []
     errors = Counter(r["error"]["code"] for r in results if "error" in r)

@@ -72,7 +72,7 @@ def start_server(registry: str, threads: int) -> tuple[subprocess.Popen, dict[st
     for s, p in ports.items():
         env[f"PIXELRPC_{s.upper()}_PORT"] = str(p)
         env[f"PIXELRPC_{s.upper()}_METRICS_PORT"] = "0"
-    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "all"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", "all"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return proc, ports
 

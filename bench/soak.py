@@ -247,7 +247,7 @@ def main() -> int:
     parser.add_argument("--logs", default=None, help="folder for the servers' logs (default: a temp folder)")
     args = parser.parse_args()
 
-    from pixelrpc.clients.launcher import start_suite
+    from pixelrpc.cli.launcher import start_suite
 
     with tempfile.TemporaryDirectory(prefix="pixelrpc-soak-") as tmp:
         registry_root = Path(args.registry) if args.registry else quick_registry(Path(tmp))

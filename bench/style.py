@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         print(f"skipped: ../shared/data/cs231n absent ({mat} not found)")
         return 0
     torch.set_num_threads(args.threads)
-    from pixelrpc.clients.launcher import start_suite
+    from pixelrpc.cli.launcher import start_suite
     from pixelrpc.models import zoo
     from pixelrpc.models.registry import ModelCache, Registry
     from pixelrpc.models.style import get_preset

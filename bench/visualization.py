@@ -211,7 +211,7 @@ class Server:
                "PIXELRPC_PORT": str(self.port), "PIXELRPC_METRICS_PORT": "0", "PIXELRPC_HTTP_PORT": "-1", "PIXELRPC_DEVICE": device,
                "PIXELRPC_TORCH_THREADS": str(threads), "PIXELRPC_LOG_LEVEL": "WARNING",
                "PIXELRPC_SHUTDOWN_DELAY": "0", "PIXELRPC_MAX_ITERATIONS": "10000", **extra_env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "visualization"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", "visualization"],
                                      env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.address = f"127.0.0.1:{self.port}"
 

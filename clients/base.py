@@ -13,30 +13,16 @@ import grpc
 from PIL import Image
 
 from pixelrpc.clients.errors import from_grpc
+from pixelrpc.common.suite import service_config
 from pixelrpc.v1 import common_pb2, registry_pb2, registry_pb2_grpc, server_pb2, server_pb2_grpc
 
 ImageInput = bytes | str | os.PathLike | Image.Image  # encoded bytes, a file path, or a PIL image
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
 
-# Retry UNAVAILABLE (a restarting or overloaded replica) with exponential backoff; gRPC applies it
-# transparently before any response message has arrived.
-RETRY_SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": [{"service": s} for s in (
-            "pixelrpc.v1.CaptioningService", "pixelrpc.v1.VisualizationService",
-            "pixelrpc.v1.StyleTransferService", "pixelrpc.v1.ModelRegistry", "pixelrpc.v1.ServerInfo",
-            "grpc.health.v1.Health")],
-        "retryPolicy": {
-            "maxAttempts": 4,  # within 0.7 s, so a 1 s call to a dead server still says UNAVAILABLE
-            "initialBackoff": "0.1s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-}
+# Round robin over an address's targets, and each service's retry policy from the suite table (gRPC
+# applies it transparently before any response message has arrived).
+RETRY_SERVICE_CONFIG = service_config()
 
 
 _propagate = None  # opentelemetry.propagate once looked up; False when opentelemetry is not installed

@@ -1,57 +1,47 @@
-"""``Client``: one object for the whole suite, one attribute per service."""
+"""``Client``: one object for the whole suite, one attribute per service of the suite table."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 
-from pixelrpc.clients.base import DEFAULT_TIMEOUT, AsyncServiceClient, ServiceClient, TLSConfig
+from pixelrpc.clients.base import DEFAULT_TIMEOUT, TLSConfig
+from pixelrpc.common.suite import SERVICES, service
 
-DEFAULT_ADDRESSES = {"captioning": "localhost:50051", "visualization": "localhost:50052",
-                     "style": "localhost:50053"}
-ENV_ADDRESSES = {"captioning": "PIXELRPC_CAPTIONING_ADDR", "visualization": "PIXELRPC_VISUALIZATION_ADDR",
-                 "style": "PIXELRPC_STYLE_ADDR"}
-# service -> (module, sync class, async class); each service issue provides its typed client.
-CLIENT_CLASSES = {
-    "captioning": ("pixelrpc.clients.captioning", "CaptioningClient", "AsyncCaptioningClient"),
-    "visualization": ("pixelrpc.clients.visualization", "VisualizationClient", "AsyncVisualizationClient"),
-    "style": ("pixelrpc.clients.style", "StyleClient", "AsyncStyleClient"),
-}
+# Derived from the suite table (pixelrpc.common.suite), for callers that want plain mappings.
+DEFAULT_ADDRESSES = {name: spec.default_address for name, spec in SERVICES.items()}
+ENV_ADDRESSES = {name: spec.address_env for name, spec in SERVICES.items()}
 
 
-def client_class(service: str, asynchronous: bool = False):
-    module_name, sync_name, async_name = CLIENT_CLASSES[service]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return AsyncServiceClient if asynchronous else ServiceClient
-    return getattr(module, async_name if asynchronous else sync_name)
+def client_class(name: str, asynchronous: bool = False) -> type:
+    """The typed client of service ``name`` (its module must import: a missing one is an error)."""
+    return service(name).client_class(asynchronous)
 
 
 class Client:
-    """Sync client of the suite: ``client.captioning``, ``client.visualization``, ``client.style``.
+    """Sync client of the suite: one attribute per service of the table (``client.captioning``,
+    ``client.visualization``, ``client.style``).
 
-    Each attribute is connected lazily and also exposes that server's ``registry``. An address may be
-    a list of targets (or a comma-separated string), balanced with gRPC's round_robin policy.
+    ``Client(captioning="host:port", ...)``: one keyword per service, each defaulting to the table's
+    address. Each attribute is connected lazily and also exposes that server's ``registry``. An
+    address may be a list of targets (or a comma-separated string), balanced with gRPC's round_robin
+    policy.
     """
 
     _asynchronous = False
 
-    def __init__(self, *, captioning: str | Sequence[str] = DEFAULT_ADDRESSES["captioning"],
-                 visualization: str | Sequence[str] = DEFAULT_ADDRESSES["visualization"],
-                 style: str | Sequence[str] = DEFAULT_ADDRESSES["style"],
-                 timeout: float | None = DEFAULT_TIMEOUT, token: str | None = None,
-                 tls: TLSConfig | None = None):
-        self.addresses = {"captioning": captioning, "visualization": visualization, "style": style}
+    def __init__(self, *, timeout: float | None = DEFAULT_TIMEOUT, token: str | None = None,
+                 tls: TLSConfig | None = None, **addresses: str | Sequence[str]):
+        unknown = sorted(set(addresses) - set(SERVICES))
+        if unknown:
+            raise TypeError(f"unknown service {', '.join(map(repr, unknown))}; the suite has {', '.join(SERVICES)}")
+        self.addresses = {name: addresses.get(name, spec.default_address) for name, spec in SERVICES.items()}
         self._kw = {"timeout": timeout, "token": token, "tls": tls}
         self._clients: dict[str, object] = {}
 
     @classmethod
     def from_env(cls, **overrides):
-        kw = {svc: os.environ.get(env, DEFAULT_ADDRESSES[svc]) for svc, env in ENV_ADDRESSES.items()}
+        kw = {name: os.environ.get(spec.address_env, spec.default_address) for name, spec in SERVICES.items()}
         if os.environ.get("PIXELRPC_AUTH_TOKEN") and "token" not in overrides:
             kw["token"] = os.environ["PIXELRPC_AUTH_TOKEN"]
         if "tls" not in overrides:
@@ -59,23 +49,19 @@ class Client:
         kw.update(overrides)
         return cls(**kw)
 
-    def _get(self, service: str):
-        if service not in self._clients:
-            self._clients[service] = client_class(service, self._asynchronous)(
-                self.addresses[service], **self._kw)
-        return self._clients[service]
+    def _get(self, name: str):
+        if name not in self._clients:
+            self._clients[name] = client_class(name, self._asynchronous)(self.addresses[name], **self._kw)
+        return self._clients[name]
 
-    @property
-    def captioning(self):
-        return self._get("captioning")
+    def __getattr__(self, name: str):
+        # Called only for attributes not found otherwise: the services of the table.
+        if name in SERVICES:
+            return self._get(name)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 
-    @property
-    def visualization(self):
-        return self._get("visualization")
-
-    @property
-    def style(self):
-        return self._get("style")
+    def __dir__(self):
+        return [*super().__dir__(), *SERVICES]
 
     def close(self) -> None:
         for c in self._clients.values():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fill docker/wheels/ with a wheel for every runtime dependency of the package (pyproject.toml's
-# [project] dependencies, plus the build backend), using this machine's pip, its configuration,
+# [project] dependencies and its `serve` extra, plus the build backend), using this machine's pip, its configuration,
 # indexes and caches. The image then installs with `pip install --no-index --find-links` and never
 # needs the network. Idempotent: skipped when the requirements did not change (FORCE=1 redoes it).
 #
@@ -30,7 +30,8 @@ import tomllib
 
 with open(sys.argv[1], "rb") as f:
     project = tomllib.load(f)
-for req in project["project"]["dependencies"] + project["build-system"]["requires"]:
+for req in (project["project"]["dependencies"] + project["project"]["optional-dependencies"]["serve"]
+            + project["build-system"]["requires"]):
     print(req)
 EOF
 

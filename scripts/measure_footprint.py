@@ -81,7 +81,7 @@ def measure(service: str, registry: str, clients: int, seconds: float, threads: 
            "OMP_NUM_THREADS": str(threads), "PIXELRPC_PRELOAD": PRELOAD[service],
            "PIXELRPC_REQUIRE_MODELS": "1", "PIXELRPC_SHUTDOWN_DELAY": "0"}
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", service], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", service], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     addr = f"127.0.0.1:{port}"
     try:

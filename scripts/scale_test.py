@@ -80,7 +80,7 @@ class Replica:
                "PIXELRPC_SHUTDOWN_DELAY": "1", "PIXELRPC_SHUTDOWN_GRACE": "20"}
         self.started = time.monotonic()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", self.service],
+            self.proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", self.service],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
@@ -356,7 +356,7 @@ def ensure_registry(path: str | None, log_dir: Path) -> str:
     reg = ROOT / "build" / "scale-registry"
     if not (reg / "shapes-squeezenet").is_dir() or not (reg / "shapes-captioner").is_dir():
         print(f"bootstrapping the quick models into {reg} (under a minute)", flush=True)
-        subprocess.run([sys.executable, "-m", "pixelrpc.clients.cli", "models", "bootstrap", "--quick",
+        subprocess.run([sys.executable, "-m", "pixelrpc.cli", "models", "bootstrap", "--quick",
                         "--registry", str(reg)], check=True, stdout=open(log_dir / "bootstrap.log", "wb"),
                        stderr=subprocess.STDOUT)
     return str(reg)

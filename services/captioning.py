@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 from google.rpc import status_pb2
 
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.models.captioning.decoding import (
     MAX_LENGTH_LIMIT,
     Caption,
@@ -47,11 +48,12 @@ from pixelrpc.v1 import common_pb2
 
 log = logging.getLogger("pixelrpc.captioning")
 
-SERVICE_NAME = "pixelrpc.v1.CaptioningService"
-TASKS = ("captioning",)
-# A request that names no model gets the first of these present in the registry (see
+# This service's row of the suite table (pixelrpc.common.suite): proto name, registry tasks, default models.
+SERVICE_NAME = SERVICES["captioning"].full_name
+TASKS = SERVICES["captioning"].tasks
+# A request that names no model gets the first of the table's default models present in the registry (see
 # ServiceContext.choose_default); the choice is reported in ResponseMeta.model_choice.
-DEFAULT_MODELS = ("shapes-captioner",)
+DEFAULT_MODELS = SERVICES["captioning"].default_models
 DEFAULT_MAX_LENGTH = 30
 DEFAULT_BEAM_WIDTH = 3
 DEFAULT_MAX_BATCH_SIZE = 32

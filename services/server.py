@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pixelrpc.common.suite import SERVICES, service
 from pixelrpc.models.errors import PixelRPCError
 from pixelrpc.models.registry import ModelCache, Registry, parse_ref
 from pixelrpc.services import registry_service, server_info, tracing
@@ -33,23 +34,9 @@ from pixelrpc.services.settings import Settings, default_torch_threads
 
 log = logging.getLogger("pixelrpc.server")
 
-# service name -> module defining SERVICE_NAME, TASKS, add_to_server(server, ctx) (optional warmup)
-SERVICE_MODULES = {
-    "captioning": "pixelrpc.services.captioning",
-    "visualization": "pixelrpc.services.visualization",
-    "style": "pixelrpc.services.style",
-}
-FULL_NAMES = {
-    "captioning": "pixelrpc.v1.CaptioningService",
-    "visualization": "pixelrpc.v1.VisualizationService",
-    "style": "pixelrpc.v1.StyleTransferService",
-}
-# Registry tasks each service serves (its module's TASKS wins when it defines one).
-SERVICE_TASKS = {
-    "captioning": ("captioning",),
-    "visualization": ("classification",),
-    "style": ("feature-extraction",),
-}
+# The services, their modules, health names, tasks and default models: the suite table
+# (pixelrpc.common.suite.SERVICES). A service's module defines add_to_server(server, ctx) and
+# optionally warmup(ctx, loaded).
 # ServiceContext.state keys the server keeps current for GetServerInfo and the registry service.
 REGISTRY_STATUS_KEY = server_info.REGISTRY_STATUS_KEY
 READINESS_KEY = server_info.READINESS_KEY
@@ -58,17 +45,6 @@ CACHES_KEY = registry_service.CACHES_KEY
 
 class PreloadFailed(PixelRPCError):
     """A model of PIXELRPC_PRELOAD could not be loaded: the server does not start (exit code 1)."""
-
-
-def _service_module(name: str):
-    """The service's module, or None while that service is not implemented in this build."""
-    module_name = SERVICE_MODULES[name]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
 
 
 class PixelServer:
@@ -203,8 +179,7 @@ class PixelServer:
     def _load_default(self, svc: str) -> str:
         """Load and warm the model ``svc`` answers requests naming none with; returns its ref."""
         ctx = self.contexts[svc]
-        prefs = getattr(self.modules.get(svc), "DEFAULT_MODELS", ())
-        name, _reason = ctx.choose_default(ctx.tasks[0], prefs)
+        name, _reason = ctx.choose_default(ctx.tasks[0], SERVICES[svc].default_models)
         loaded = ctx.cache.get(name, 0)
         self._warm(svc, loaded)
         return loaded.manifest.ref
@@ -213,9 +188,7 @@ class PixelServer:
         """Set ``svc``'s readiness: at once, or once its default model is loaded (``require_models``)."""
         if self._ready.get(svc):
             return True
-        full = FULL_NAMES[svc]
-        if full not in self.service_names:
-            return False  # that service is not part of this build
+        full = SERVICES[svc].full_name
         ready, reason = True, ""
         if self.settings.require_models and not self._preloaded:
             loop = asyncio.get_running_loop()
@@ -260,8 +233,8 @@ class PixelServer:
         """What GetServerInfo reports: the registry's state and each service's readiness."""
         for ctx in self.contexts.values():
             ctx.state[REGISTRY_STATUS_KEY] = self._registry_status
-            ctx.state[READINESS_KEY] = {FULL_NAMES[s]: (self._ready.get(s, False), self._not_ready.get(s, ""))
-                                        for s in self.contexts if FULL_NAMES[s] in self.service_names}
+            ctx.state[READINESS_KEY] = {SERVICES[s].full_name: (self._ready.get(s, False), self._not_ready.get(s, ""))
+                                        for s in self.contexts}
 
     async def _watch(self) -> None:
         """Every refresh interval: registry health, readiness of services still waiting for their
@@ -344,7 +317,7 @@ def configure_torch_threads(settings: Settings, services: Sequence[str] = ()) ->
 
 async def create_server(services: Sequence[str], settings: Settings, *, registry: Registry | None = None,
                         configure: Callable[[PixelServer], None] | None = None) -> tuple[PixelServer, int]:
-    """Build (not start) a server for ``services`` (names from SERVICE_MODULES) bound per ``settings``.
+    """Build (not start) a server for ``services`` (names of the suite table) bound per ``settings``.
 
     Returns ``(server, port)``; with ``settings.port == 0`` the OS picks the port. ``configure`` may
     add test-only handlers before the server starts.
@@ -375,9 +348,8 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     # see JobRunner. Each service keeps its own slots and queue.
     executor = torch_executor(settings.worker_threads, "torch")
     for name in services:
-        if name not in SERVICE_MODULES:
-            raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICE_MODULES)}")
-        module = _service_module(name)
+        spec = service(name)  # ValueError naming the services for an unknown name
+        module = importlib.import_module(spec.server_module)  # a missing module is an error
         modules[name] = module
         cache = ModelCache(registry, max_models=settings.model_cache_size,
                            refresh_seconds=settings.registry_refresh_seconds, device=device,
@@ -390,12 +362,10 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
         jobs = JobRunner(settings.max_concurrency, settings.queue_depth, settings.worker_threads, name,
                          executor=executor)
         ctx = ServiceContext(name=name, settings=settings, registry=registry, cache=cache, jobs=jobs,
-                             metrics=metrics, tasks=tuple(getattr(module, "TASKS", SERVICE_TASKS[name])), services=served,
-                             pixels=pixels, tracer=tracer)
+                             metrics=metrics, tasks=spec.tasks, services=served, pixels=pixels, tracer=tracer)
         contexts[name] = ctx
-        if module is not None:
-            module.add_to_server(recorder, ctx)
-            served.append(module.SERVICE_NAME)
+        module.add_to_server(recorder, ctx)
+        served.append(spec.full_name)
     if not contexts:
         raise ValueError("create_server needs at least one service")
     first = next(iter(contexts.values()))
@@ -407,9 +377,9 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     # The Open Inference Protocol (KServe V2 / Triton gRPC) on the same port, over the same contexts.
     from pixelrpc.services import oip
 
-    oip.add_to_server(server, {n: c for n, c in contexts.items() if modules.get(n) is not None})
+    oip.add_to_server(server, contexts)
     served.append(oip.SERVICE_NAME)
-    health_names = [FULL_NAMES[n] for n in services if modules.get(n) is not None]
+    health_names = [SERVICES[n].full_name for n in services]
     health_names.append(registry_service.SERVICE_NAME)
     if settings.reflection:
         reflection.enable_server_reflection(

@@ -2,7 +2,8 @@
 
 Every field can be set through the environment as ``PIXELRPC_<FIELD>`` (upper case), e.g.
 ``PIXELRPC_QUEUE_DEPTH=32``. In ``pixelrpc serve all`` the per-service ports come from
-``PIXELRPC_<SERVICE>_PORT``, ``PIXELRPC_<SERVICE>_METRICS_PORT`` and ``PIXELRPC_<SERVICE>_HTTP_PORT``.
+``PIXELRPC_<SERVICE>_PORT``, ``PIXELRPC_<SERVICE>_METRICS_PORT`` and ``PIXELRPC_<SERVICE>_HTTP_PORT``; the default
+ports are the suite table's (``pixelrpc.common.suite``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from pixelrpc.common.suite import service as service_spec
 from pixelrpc.models.imaging import ImageLimits
 
 MIB = 1024 * 1024
-
-DEFAULT_PORTS = {"captioning": 50051, "visualization": 50052, "style": 50053}
-DEFAULT_METRICS_PORTS = {"captioning": 9101, "visualization": 9102, "style": 9103}
-# HTTP (KServe V2 REST and the native API as JSON, services/http/): -1 off, 0 any free port.
-DEFAULT_HTTP_PORTS = {"captioning": 8081, "visualization": 8082, "style": 8083}
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -205,23 +202,24 @@ class Settings:
             raw = env.get(f"PIXELRPC_{f.name.upper()}")
             if raw is not None and raw != "":
                 values[f.name] = _coerce(f, raw)
-        if service:
-            key = service.upper()
-            for name in ("port", "metrics_port", "http_port"):
-                raw = env.get(f"PIXELRPC_{key}_{name.upper()}")
+        spec = service_spec(service) if service else None
+        if spec is not None:
+            for name, var in (("port", spec.port_env), ("metrics_port", spec.metrics_port_env),
+                              ("http_port", spec.http_port_env)):
+                raw = env.get(var)
                 if raw:
                     values[name] = int(raw)
         for name, value in overrides.items():
             if value is not None:
                 values[name] = value
         settings = cls(**values)
-        if service:
+        if spec is not None:
             if "port" not in values:
-                settings.port = DEFAULT_PORTS[service]
+                settings.port = spec.port
             if settings.metrics_port == -1:
-                settings.metrics_port = DEFAULT_METRICS_PORTS[service]
+                settings.metrics_port = spec.metrics_port
             if "http_port" not in values:
-                settings.http_port = DEFAULT_HTTP_PORTS[service]
+                settings.http_port = spec.http_port
         elif settings.metrics_port == -1:
             settings.metrics_port = 0
         return settings

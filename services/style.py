@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.models.errors import InvalidInput
 from pixelrpc.models.imaging import ImageHeader, ImageLimits, WorkingPlan, plan_working
 from pixelrpc.models.options import resolve_seed
@@ -31,12 +32,12 @@ from pixelrpc.services.runtime import Call, ImageAdmission, Planner, ServiceCont
 from pixelrpc.v1 import style_transfer_pb2 as pb
 from pixelrpc.v1 import style_transfer_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "pixelrpc.v1.StyleTransferService"
-TASKS = ("feature-extraction",)
-# A request that names no model gets the first of these present in the registry (the Caffe trunk the
-# presets were calibrated on, then an ImageNet SqueezeNet, then the bootstrapped shapes model); see
-# ServiceContext.choose_default for the whole rule. The choice is reported in ResponseMeta.model_choice.
-DEFAULT_MODELS = ("squeezenet1_1-caffe", "squeezenet1_1", "shapes-squeezenet")
+# This service's row of the suite table (pixelrpc.common.suite): proto name, registry tasks, default models.
+SERVICE_NAME = SERVICES["style"].full_name
+TASKS = SERVICES["style"].tasks
+# A request that names no model gets the first of the table's default models present in the registry;
+# see ServiceContext.choose_default for the whole rule. The choice is reported in ResponseMeta.model_choice.
+DEFAULT_MODELS = SERVICES["style"].default_models
 _INIT_NAMES = {pb.STYLE_INIT_CONTENT: "content", pb.STYLE_INIT_RANDOM: "random"}
 _OPTIMIZER_NAMES = {pb.STYLE_OPTIMIZER_ADAM: "adam", pb.STYLE_OPTIMIZER_LBFGS: "lbfgs"}
 # StyleParameters field -> StyleOptions field

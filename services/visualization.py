@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.models.errors import InvalidInput
 from pixelrpc.models.options import with_defaults
 from pixelrpc.models.registry import LoadedModel
@@ -34,11 +35,12 @@ from pixelrpc.services.runtime import Call, ServiceContext, rpc
 from pixelrpc.v1 import visualization_pb2 as pb
 from pixelrpc.v1 import visualization_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "pixelrpc.v1.VisualizationService"
-TASKS = ("classification",)
-# A request that names no model gets the first of these present in the registry (see
+# This service's row of the suite table (pixelrpc.common.suite): proto name, registry tasks, default models.
+SERVICE_NAME = SERVICES["visualization"].full_name
+TASKS = SERVICES["visualization"].tasks
+# A request that names no model gets the first of the table's default models present in the registry (see
 # ServiceContext.choose_default); the choice is reported in ResponseMeta.model_choice.
-DEFAULT_MODELS = ("squeezenet1_1", "shapes-squeezenet")
+DEFAULT_MODELS = SERVICES["visualization"].default_models
 # Requests whose images total at most this many bytes read their headers on the event loop (Pillow
 # reads a few bytes; a JPEG's scan check is one pass of bytes.find) when their model is loaded.
 INLINE_HEADER_BYTES = 4 << 20

@@ -22,11 +22,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-FULL_NAMES = {
-    "captioning": "pixelrpc.v1.CaptioningService",
-    "visualization": "pixelrpc.v1.VisualizationService",
-    "style": "pixelrpc.v1.StyleTransferService",
-}
+from pixelrpc.common.suite import SERVICES as SUITE
+
+FULL_NAMES = {name: spec.full_name for name, spec in SUITE.items()}
 REGISTRY_SERVICE = "pixelrpc.v1.ModelRegistry"
 SERVICES = tuple(FULL_NAMES)
 NOBODY = 65534
@@ -90,7 +88,7 @@ class ServerProcess:
             env.pop("PIXELRPC_PORT", None)
         else:
             env["PIXELRPC_PORT"] = str(self.ports[self.service])
-        command = [sys.executable, "-m", "pixelrpc.clients.cli", "serve", self.service]
+        command = [sys.executable, "-m", "pixelrpc.cli", "serve", self.service]
         if self.as_user is not None:
             command = ["setpriv", f"--reuid={self.as_user}", f"--regid={self.as_user}", "--clear-groups",
                        "--", *command]

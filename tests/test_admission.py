@@ -28,10 +28,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from slow_handler import METHOD, UNARY_METHOD, install
 
+from pixelrpc.cli.launcher import free_port
 from pixelrpc.clients import ServiceClient
 from pixelrpc.clients.captioning import CaptioningClient
 from pixelrpc.clients.errors import InvalidArgument, ResourceExhausted, RpcError
-from pixelrpc.clients.launcher import free_port
 from pixelrpc.clients.style import StyleClient
 from pixelrpc.clients.visualization import VisualizationClient
 from pixelrpc.models import zoo
@@ -200,7 +200,7 @@ def served(quick_bootstrap, tmp_path_factory):
         env[f"PIXELRPC_{name.upper()}_HTTP_PORT"] = "-1"
     log_path = tmp_path_factory.mktemp("admission") / "serve.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "all"],
+        proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", "all"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     try:

@@ -325,7 +325,7 @@ def test_bootstrap_keeps_present_models_unless_forced(quick_bootstrap):
 
 
 def test_cli_bootstrap_skips_present_models_and_prints_json(quick_bootstrap, capsys):
-    from pixelrpc.clients.cli import main
+    from pixelrpc.cli import main
 
     code = main(
         ["models", "bootstrap", "--quick", "--registry", str(quick_bootstrap.registry.root), "--json"]
@@ -398,7 +398,7 @@ def test_the_coco_layout_commands_train_a_captioner_on_the_shapes_world(quick_bo
     """``data shapes`` -> ``features extract`` -> ``train captioner``: the commands that serve real COCO."""
     import shutil
 
-    from pixelrpc.clients.cli import main
+    from pixelrpc.cli import main
 
     registry_root = tmp_path / "registry"
     shutil.copytree(quick_bootstrap.registry.root, registry_root)  # training publishes into it

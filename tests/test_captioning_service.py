@@ -359,7 +359,7 @@ def test_unbatched_server_gives_the_same_answers(models):
 
 
 def test_cli_captions_files_in_one_stream(server, models, tmp_path):
-    from pixelrpc.clients.cli import cli
+    from pixelrpc.cli import cli
 
     rng = np.random.default_rng(9)
     np.save(tmp_path / "one.npy", rng.standard_normal(D).astype(np.float32))

@@ -205,7 +205,7 @@ def test_training_lowers_the_loss_validates_and_publishes(world, tmp_path):
 def test_cli_trains_evaluates_and_extracts(world, tmp_path):
     import torch
 
-    from pixelrpc.clients.cli import cli
+    from pixelrpc.cli import cli
     from pixelrpc.models import zoo
 
     folder, _ = world

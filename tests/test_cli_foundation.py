@@ -10,12 +10,12 @@ import sys
 from click.testing import CliRunner
 from conftest import publish_toy
 
-from pixelrpc.clients.cli import cli, main
-from pixelrpc.clients.launcher import start_suite
+from pixelrpc.cli import cli, main
+from pixelrpc.cli.launcher import start_suite
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "pixelrpc.clients.cli", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pixelrpc.cli", *args], capture_output=True,
                           text=True, timeout=120)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -80,14 +80,14 @@ def test_serve_health_and_models_list_addr_against_real_processes(registry, tmp_
 
 
 def test_serve_all_runs_three_services_in_one_process(registry, tmp_path):
-    from pixelrpc.clients.launcher import free_port
+    from pixelrpc.cli.launcher import free_port
 
     ports = {s: free_port() for s in ("captioning", "visualization", "style")}
     env = {**os.environ, "PIXELRPC_REGISTRY": str(registry.root), "PIXELRPC_METRICS_PORT": "0",
            **{f"PIXELRPC_{s.upper()}_PORT": str(p) for s, p in ports.items()},
            **{f"PIXELRPC_{s.upper()}_METRICS_PORT": "0" for s in ports},
            **{f"PIXELRPC_{s.upper()}_HTTP_PORT": "-1" for s in ports}}
-    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "all"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", "all"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         seen = set()

@@ -64,7 +64,7 @@ def test_cpu_shares_and_threads_fit_the_host(config):
 
 
 def test_healthchecks_mean_ready_to_serve(config):
-    from pixelrpc.services.server import FULL_NAMES
+    from pixelrpc.common.suite import SERVICES
 
     services = config["services"]
     for name in SERVERS:
@@ -72,7 +72,7 @@ def test_healthchecks_mean_ready_to_serve(config):
         env = svc["environment"]
         assert env["PIXELRPC_REQUIRE_MODELS"] in ("1", "true") and env["PIXELRPC_PRELOAD"], name
         test = svc["healthcheck"]["test"]
-        assert test[test.index("--service") + 1] == FULL_NAMES[name], name
+        assert test[test.index("--service") + 1] == SERVICES[name].full_name, name
         assert f"127.0.0.1:{env['PIXELRPC_PORT']}" in test, name
         volumes = [str(v) for v in svc["volumes"]]
         assert any(v.endswith(":/registry:ro") or ("/registry" in v and "read_only: true" in v) for v in volumes), \

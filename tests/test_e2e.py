@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrpc.clients.launcher import start_suite
+from pixelrpc.cli.launcher import start_suite
 from pixelrpc.models import bootstrap as bs
 from pixelrpc.models.data import shapes
 
@@ -52,7 +52,7 @@ def scenes(tmp_path_factory):
 def cli(suite, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, **suite.env()}
     proc = subprocess.run(
-        [sys.executable, "-m", "pixelrpc.clients.cli", *map(str, args)],
+        [sys.executable, "-m", "pixelrpc.cli", *map(str, args)],
         env=env,
         capture_output=True,
         text=True,
@@ -220,7 +220,7 @@ def test_demo_on_a_copy_of_the_quick_registry(quick_bootstrap, tmp_path):
         [
             sys.executable,
             "-m",
-            "pixelrpc.clients.demo",
+            "pixelrpc.cli.demo",
             "--registry",
             str(registry),
             "--output",

@@ -318,7 +318,7 @@ def test_cancel_and_deadline_stop_between_words(client, slow_chunks):
 
 
 def test_cli_explain_writes_an_overlay_per_word(server, tmp_path):
-    from pixelrpc.clients.cli import cli
+    from pixelrpc.cli import cli
 
     image = tmp_path / "scene.png"
     image.write_bytes(png(seed=4))

@@ -22,7 +22,7 @@ FAST = Settings(shutdown_delay=0.0, registry_refresh_seconds=0.2)
 
 
 def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "pixelrpc.clients.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "pixelrpc.cli", *args], capture_output=True, text=True,
                           timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.services.server import create_server
-from pixelrpc.services.settings import DEFAULT_HTTP_PORTS, Settings
+from pixelrpc.services.settings import Settings
 from pixelrpc.v1 import (
     captioning_pb2,
     captioning_pb2_grpc,
@@ -103,7 +104,7 @@ def post(url: str, body: bytes, content_type: str = "application/json", headers:
 # ---------------------------------------------------------------------------- settings
 def test_http_port_settings_defaults_and_off():
     assert Settings().http_port == -1  # built in code: off
-    for service, port in DEFAULT_HTTP_PORTS.items():
+    for service, port in ((name, spec.http_port) for name, spec in SERVICES.items()):
         assert Settings.from_env({}, service=service).http_port == port
     assert Settings.from_env({"PIXELRPC_HTTP_PORT": "-1"}, service="style").http_port == -1
     assert Settings.from_env({"PIXELRPC_CAPTIONING_HTTP_PORT": "9999"}, service="captioning").http_port == 9999

@@ -31,12 +31,10 @@ def service_facts() -> dict[str, dict]:
 
     Repoint this function (only) when the table moves; everything below reads it from here.
     """
-    from pixelrpc.services import server, settings
+    from pixelrpc.common.suite import SERVICES
 
-    http = getattr(settings, "DEFAULT_HTTP_PORTS", {"captioning": 8081, "visualization": 8082, "style": 8083})
-    return {name: {"health": server.FULL_NAMES[name], "port": settings.DEFAULT_PORTS[name],
-                   "metrics": settings.DEFAULT_METRICS_PORTS[name], "http": http[name]}
-            for name in server.SERVICE_MODULES}
+    return {name: {"health": spec.full_name, "port": spec.port, "metrics": spec.metrics_port, "http": spec.http_port}
+            for name, spec in SERVICES.items()}
 
 
 @cache

@@ -14,7 +14,7 @@ import fsspec
 import pytest
 from click.testing import CliRunner
 
-from pixelrpc.clients.cli import cli
+from pixelrpc.cli import cli
 from pixelrpc.models.errors import FailedPrecondition, ModelCorrupt, RegistryConflict
 from pixelrpc.models.registry import Registry
 from pixelrpc.models.registry.sync import MARKER, sync_complete, sync_registry

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pixelrpc.cli import cli
 from pixelrpc.clients import Client, ServiceClient, TLSConfig
-from pixelrpc.clients.cli import cli
 from pixelrpc.clients.errors import Unavailable
 from pixelrpc.services.server import create_server
 from pixelrpc.services.settings import Settings

@@ -27,7 +27,7 @@ def test_wheel_installs_only_the_pixelrpc_namespace(wheel):
         assert not any(n.startswith(stray + "/") for n in names)
     assert "pixelrpc/__init__.py" not in names, "pixelrpc must stay an implicit namespace package"
     for required in ("pixelrpc/models/registry/store.py", "pixelrpc/services/server.py",
-                     "pixelrpc/clients/cli/__init__.py", "pixelrpc/v1/common_pb2.py",
+                     "pixelrpc/cli/__init__.py", "pixelrpc/v1/common_pb2.py",
                      "pixelrpc/v1/common.proto"):
         assert required in names
 
@@ -38,7 +38,7 @@ def test_console_script_and_imports_from_outside_the_repo(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[True, True, True, True]"
-    entry = subprocess.run([sys.executable, "-m", "pixelrpc.clients.cli", "--help"], cwd=tmp_path,
+    entry = subprocess.run([sys.executable, "-m", "pixelrpc.cli", "--help"], cwd=tmp_path,
                            capture_output=True, text=True)
     assert entry.returncode == 0 and "serve" in entry.stdout
 

@@ -70,7 +70,7 @@ def test_a_failed_preload_exits_non_zero_with_one_clear_line(tmp_path):
            "PIXELRPC_HTTP_PORT": "-1",
            "PIXELRPC_PRELOAD": "no-such-model,broken-captioner", "PIXELRPC_REQUIRE_MODELS": "1",
            "PIXELRPC_TORCH_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pixelrpc.clients.cli", "serve", "captioning"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "pixelrpc.cli", "serve", "captioning"], env=env,
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()

@@ -34,7 +34,7 @@ BAD_NAMES = ["evil\n", "toy\n", "a\tb", "nul\x00", "cr\r", "esc\x1b[31m", "caf\u
 
 
 def run_cli(*args, env=None, user=None):
-    cmd = [sys.executable, "-m", "pixelrpc.clients.cli", *args]
+    cmd = [sys.executable, "-m", "pixelrpc.cli", *args]
     if user:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})

@@ -207,7 +207,7 @@ def test_a_busy_server_refuses_beyond_its_queue(server, client):
 
 
 def test_cli_style_writes_the_result_and_previews(server, tmp_path):
-    from pixelrpc.clients.cli import main
+    from pixelrpc.cli import main
 
     content, style = tmp_path / "content.png", tmp_path / "style.png"
     content.write_bytes(CONTENT)
@@ -225,7 +225,7 @@ def test_cli_style_writes_the_result_and_previews(server, tmp_path):
 
 
 def test_cli_reports_errors_in_one_line(server, tmp_path, capsys):
-    from pixelrpc.clients.cli import main
+    from pixelrpc.cli import main
 
     content = tmp_path / "content.png"
     content.write_bytes(CONTENT)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import shared_path
 from PIL import Image
 
-from pixelrpc.clients.cli import cli, main
+from pixelrpc.cli import cli, main
 from pixelrpc.models import zoo
 from pixelrpc.models.registry import ModelCache, Registry
 from pixelrpc.services.settings import Settings

@@ -38,6 +38,9 @@ from pixelrpc.models.errors import (
     RegistryConflict,
     RegistryUnavailable,
 )
+from pixelrpc.models.registry.disk import fsync_dir as _fsync_dir
+from pixelrpc.models.registry.disk import try_lock_folder as _try_lock_folder
+from pixelrpc.models.registry.disk import write_synced as _write_synced
 from pixelrpc.models.registry.manifest import (
     DEFAULT_FILE,
     FILE_PATTERN,
@@ -48,14 +51,7 @@ from pixelrpc.models.registry.manifest import (
     sha256_file,
     shown,
 )
-from pixelrpc.models.registry.store import (
-    REMOVING_PREFIX,
-    STAGING_PREFIX,
-    Registry,
-    _fsync_dir,
-    _try_lock_folder,
-    _write_synced,
-)
+from pixelrpc.models.registry.store import REMOVING_PREFIX, STAGING_PREFIX, Registry
 
 MARKER = ".pixelrpc-sync.json"
 CHUNK = 1 << 20

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from pixelrpc.common.suite import SERVICES
 from pixelrpc.inference import grpc_service_pb2 as pb
 from pixelrpc.inference import grpc_service_pb2_grpc as pb_grpc
 from pixelrpc.inference import model_config_pb2 as config_pb
@@ -39,8 +40,7 @@ log = logging.getLogger("pixelrpc.oip")
 SERVICE_NAME = "inference.GRPCInferenceService"
 # Triton's protocol extensions PixelRPC implements (ServerMetadata.extensions).
 EXTENSIONS = ("classification", "model_configuration", "model_repository", "parameters")
-FULL_NAMES = {"captioning": "pixelrpc.v1.CaptioningService", "visualization": "pixelrpc.v1.VisualizationService",
-              "style": "pixelrpc.v1.StyleTransferService"}
+FULL_NAMES = {name: spec.full_name for name, spec in SERVICES.items()}  # the suite table's
 CONFIG_TYPES = {"BOOL": config_pb.TYPE_BOOL, "UINT8": config_pb.TYPE_UINT8, "UINT16": config_pb.TYPE_UINT16,
                 "UINT32": config_pb.TYPE_UINT32, "UINT64": config_pb.TYPE_UINT64, "INT8": config_pb.TYPE_INT8,
                 "INT16": config_pb.TYPE_INT16, "INT32": config_pb.TYPE_INT32, "INT64": config_pb.TYPE_INT64,

@@ -24,14 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pixelrpc/v1/common.proto\x12\x0bpixelrpc.v1\"*\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66ormat_hint\x18\x02 \x01(\t\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xad\x01\n\x0cResponseMeta\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x12\n\ncompute_ms\x18\x06 \x01(\x01\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x14\n\x0cmodel_choice\x18\x08 \x01(\tB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pixelrpc/v1/common.proto\x12\x0bpixelrpc.v1\"*\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66ormat_hint\x18\x02 \x01(\t\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xad\x01\n\x0cResponseMeta\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x12\n\ncompute_ms\x18\x06 \x01(\x01\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x14\n\x0cmodel_choice\x18\x08 \x01(\tB\x8c\x01\n\x0eio.pixelrpc.v1B\x0b\x43ommonProtoP\x01Z:github.com/pixelrpc/pixelrpc/gen/go/pixelrpc/v1;pixelrpcv1\xa2\x02\x03PXR\xaa\x02\x0bPixelRpc.V1\xca\x02\x0bPixelRpc\\V1\xea\x02\x0cPixelRpc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pixelrpc.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'P\001'
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016io.pixelrpc.v1B\013CommonProtoP\001Z:github.com/pixelrpc/pixelrpc/gen/go/pixelrpc/v1;pixelrpcv1\242\002\003PXR\252\002\013PixelRpc.V1\312\002\013PixelRpc\\V1\352\002\014PixelRpc::V1'
   _globals['_IMAGE']._serialized_start=41
   _globals['_IMAGE']._serialized_end=83
   _globals['_TENSOR']._serialized_start=85

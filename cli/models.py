@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-from pixelrpc.clients.cli.common import CliError, emit_json, json_option
-
-# Modules that add sources to ``models import`` (register_import(group)) and other model commands
-# (register_models(group)); each service issue adds its own.
-IMPORT_MODULES = ["pixelrpc.clients.cli.models_import"]
-EXTRA_MODULES = ["pixelrpc.clients.cli.bootstrap", "pixelrpc.clients.cli.models_sync"]
+from pixelrpc.cli.common import CliError, emit_json, json_option
 
 registry_option = click.option("--registry", default=None, metavar="DIR",
                                help="registry folder (env PIXELRPC_REGISTRY, default ~/.cache/pixelrpc/registry)")
@@ -44,8 +37,8 @@ def models_group():
 def list_command(registry, addr, task, all_versions, as_json):
     """List models (default versions unless --all-versions)."""
     if addr:
+        from pixelrpc.cli.common import client_kwargs
         from pixelrpc.clients.base import ServiceClient
-        from pixelrpc.clients.cli.common import client_kwargs
 
         with ServiceClient(addr, **client_kwargs()) as c:
             rows = [m.to_json() for m in c.registry.list(task=task, all_versions=all_versions)]
@@ -251,18 +244,12 @@ def import_group():
 
 
 def _load_extensions() -> None:
-    for name in IMPORT_MODULES:
-        try:
-            importlib.import_module(name).register_import(import_group)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    for name in EXTRA_MODULES:
-        try:
-            importlib.import_module(name).register_models(models_group)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+    """Sources of ``models import`` (register_import(group)) and other model commands (register_models)."""
+    from pixelrpc.cli import bootstrap, models_import, models_sync
+
+    models_import.register_import(import_group)
+    bootstrap.register_models(models_group)
+    models_sync.register_models(models_group)
 
 
 def register(group: click.Group) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pixelrpc.clients.cli.common import CliError, emit_json, json_option, progress
+from pixelrpc.cli.common import CliError, emit_json, json_option, progress
 
 registry_option = click.option("--registry", default=None, metavar="DIR",
                                help="registry folder (env PIXELRPC_REGISTRY, default ~/.cache/pixelrpc/registry)")

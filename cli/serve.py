@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pixelrpc.services.settings import DEFAULT_PORTS
+from pixelrpc.common.suite import SERVICES
 
-SERVICES = ("captioning", "visualization", "style")
+DEFAULT_PORTS = {name: spec.port for name, spec in SERVICES.items()}
 
 
 @click.command("serve")
@@ -28,7 +28,7 @@ SERVICES = ("captioning", "visualization", "style")
 @click.option("--preload", default=None, help="comma-separated NAME[:V] to load and warm before SERVING")
 def serve_command(service, host, port, registry, metrics_port, http_port, device, worker_threads, queue_depth,
                   max_concurrency, log_format, log_level, preload):
-    """Run SERVICE (captioning, visualization, style, or all three in one process)."""
+    """Run SERVICE (one of the suite's services, or all of them in one process)."""
     import os
 
     from pixelrpc.services.server import run
@@ -38,7 +38,7 @@ def serve_command(service, host, port, registry, metrics_port, http_port, device
         raise click.UsageError("--http-port applies to one service; use PIXELRPC_<SERVICE>_HTTP_PORT with 'all'")
     if service == "all" and port is not None:
         raise click.UsageError("--port applies to one service; use PIXELRPC_<SERVICE>_PORT with 'all'")
-    names = SERVICES if service == "all" else (service,)
+    names = tuple(SERVICES) if service == "all" else (service,)
     env = dict(os.environ)
     if service == "all":
         env.pop("PIXELRPC_PORT", None)

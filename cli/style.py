@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pixelrpc.clients.cli.common import CliError, addr_option, connect, emit_json, json_option, progress
+from pixelrpc.cli.common import CliError, addr_option, connect, emit_json, json_option, progress
 
 PRESET_NAMES = ("composition_vii", "the_scream", "starry_night")
 

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click
 
-from pixelrpc.clients.cli.common import CliError
-
-# Each module exposes register(group). Service issues add their command modules here.
-COMMAND_MODULES = [
-    "pixelrpc.clients.cli.serve",
-    "pixelrpc.clients.cli.health",
-    "pixelrpc.clients.cli.models",
-    "pixelrpc.clients.cli.caption",
-    "pixelrpc.clients.cli.train",
-    "pixelrpc.clients.cli.visualize",
-    "pixelrpc.clients.cli.style",
-    "pixelrpc.clients.cli.data",
-]
+from pixelrpc.cli.common import CliError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,13 +19,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _name:
-            raise
-        continue
+# Each command module exposes register(group). Importing one imports no server code: the local
+# commands (serve, train, models bootstrap/import/verify, data) import pixelrpc.services/models when
+# they run, so the remote commands work in a client-only install (`pip install pixelrpc`).
+from pixelrpc.cli import caption, data, health, models, serve, style, train, visualize  # noqa: E402
+
+for _module in (serve, health, models, caption, train, visualize, style, data):
     _module.register(cli)
 
 
@@ -63,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         from pixelrpc.clients.errors import RpcError
-        from pixelrpc.models.errors import PixelRPCError
 
+        # A domain error can only come from a local command that imported the server side; a
+        # client-only install has no pixelrpc.models to import here.
+        domain_errors = sys.modules.get("pixelrpc.models.errors")
         if isinstance(exc, RpcError):
             msg = f"error: {exc.code.name}: {exc.details}"
-        elif isinstance(exc, PixelRPCError):
+        elif isinstance(exc, ModuleNotFoundError):  # a local command in a client-only install
+            msg = f"error: {exc}: this command runs the server side here: pip install 'pixelrpc[serve]'"
+        elif domain_errors is not None and isinstance(exc, domain_errors.PixelRPCError):
             msg = f"error: {exc.message}"
         else:
             msg = f"error: {exc.__class__.__name__}: {exc}"

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from pixelrpc.clients.base import ServiceClient
 from pixelrpc.clients.errors import RpcError
+from pixelrpc.common.suite import SERVICES as SUITE
 
-SERVICES = ("captioning", "visualization", "style")
+SERVICES = tuple(SUITE)
 
 
 def free_port() -> int:
@@ -47,7 +48,7 @@ class Suite:
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the client library and CLI at this suite."""
-        return {f"PIXELRPC_{n.upper()}_ADDR": s.address for n, s in self.services.items()}
+        return {SUITE[n].address_env: s.address for n, s in self.services.items()}
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -101,7 +102,7 @@ def start_suite(registry: str | os.PathLike, log_dir: str | os.PathLike, *,
                "PIXELRPC_HTTP_PORT": "-1", **(extra_env or {})}
         log_path = log_dir / f"{name}.log"
         log_file = open(log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
-        proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.clients.cli", "serve", name],
+        proc = subprocess.Popen([sys.executable, "-m", "pixelrpc.cli", "serve", name],
                                 stdout=log_file, stderr=subprocess.STDOUT, env=env)
         suite.services[name] = ServiceProcess(name, port, proc, log_path)
     return suite

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixelrpc.clients.cli.common import CliError, addr_option, connect, emit_json, json_option
+from pixelrpc.cli.common import CliError, addr_option, connect, emit_json, json_option
 
 
 def _inputs(paths: tuple[Path, ...]) -> list[tuple[str, object]]:

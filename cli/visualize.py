@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pixelrpc.clients.cli.common import (
+from pixelrpc.cli.common import (
     CliError,
     addr_option,
     connect,

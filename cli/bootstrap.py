@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from pixelrpc.clients.cli.common import emit_json, json_option
+from pixelrpc.cli.common import emit_json, json_option
 
 THREADS_ENV = "PIXELRPC_TORCH_THREADS"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pixelrpc.clients.cli.common import emit_json, json_option, progress
+from pixelrpc.cli.common import emit_json, json_option, progress
 
 
 @click.command("shapes")

@@ -11,7 +11,7 @@ import time
 
 from PIL import Image
 
-from pixelrpc.clients import demo_gallery as gallery_lib
+from pixelrpc.cli import demo_gallery as gallery_lib
 
 
 def explain_scenes(demo, count: int = 3) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from pixelrpc.clients.cli.common import CliError, emit_json, json_option
+from pixelrpc.cli.common import CliError, emit_json, json_option
 
 
 def _options(pairs: tuple[str, ...]) -> dict:

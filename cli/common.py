@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import click
 
 from pixelrpc.clients.base import TLSConfig
-from pixelrpc.clients.client import DEFAULT_ADDRESSES, ENV_ADDRESSES, client_class
+from pixelrpc.common.suite import service as service_spec
 
 
 class CliError(click.ClickException):
@@ -18,9 +18,10 @@ class CliError(click.ClickException):
 
 
 def addr_option(service: str):
+    spec = service_spec(service)
     return click.option("--addr", "addr", default=None, metavar="HOST:PORT",
-                        help=f"address of the {service} service (default: ${ENV_ADDRESSES[service]} or "
-                             f"{DEFAULT_ADDRESSES[service]}); several, comma-separated, are balanced")
+                        help=f"address of the {service} service (default: ${spec.address_env} or "
+                             f"{spec.default_address}); several, comma-separated, are balanced")
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
@@ -28,7 +29,8 @@ timeout_option = click.option("--timeout", type=float, default=None, help="call 
 
 
 def resolve_addr(service: str, addr: str | None) -> str:
-    return addr or os.environ.get(ENV_ADDRESSES[service]) or DEFAULT_ADDRESSES[service]
+    spec = service_spec(service)
+    return addr or os.environ.get(spec.address_env) or spec.default_address
 
 
 def client_kwargs(timeout: float | None = None) -> dict:
@@ -46,7 +48,7 @@ def client_kwargs(timeout: float | None = None) -> dict:
 
 def connect(service: str, addr: str | None, timeout: float | None = None):
     """A typed sync client for ``service``, configured from flags and the environment."""
-    return client_class(service)(resolve_addr(service, addr), **client_kwargs(timeout))
+    return service_spec(service).client_class()(resolve_addr(service, addr), **client_kwargs(timeout))
 
 
 def emit_json(obj) -> None:

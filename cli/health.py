@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import click
 
-from pixelrpc.clients.cli.common import CliError, emit_json, json_option
-from pixelrpc.clients.client import DEFAULT_ADDRESSES
+from pixelrpc.cli.common import CliError, emit_json, json_option
+from pixelrpc.common.suite import SERVICES
 
 
 @click.command("health")
 @click.option("--addr", "addrs", multiple=True, metavar="HOST:PORT",
-              help="server to check (repeatable; default: the three default addresses)")
+              help="server to check (repeatable; default: every service's address)")
 @click.option("--service", default="", help="service name to check ('' = the whole server)")
 @click.option("--timeout", type=float, default=5.0)
 @json_option
 def health_command(addrs, service, timeout, as_json):
     """Check that servers answer SERVING; exit 1 otherwise."""
+    from pixelrpc.cli.common import client_kwargs, resolve_addr
     from pixelrpc.clients.base import ServiceClient
-    from pixelrpc.clients.cli.common import client_kwargs, resolve_addr
     from pixelrpc.clients.errors import RpcError
 
-    targets = list(addrs) or [resolve_addr(s, None) for s in DEFAULT_ADDRESSES]
+    targets = list(addrs) or [resolve_addr(s, None) for s in SERVICES]
     results, ok = {}, True
     for target in targets:
         with ServiceClient(target, **client_kwargs(timeout)) as c:

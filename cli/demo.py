@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixelrpc.clients import demo_gallery as gallery_lib
-from pixelrpc.clients.launcher import start_suite
+from pixelrpc.cli import demo_gallery as gallery_lib
+from pixelrpc.cli.launcher import start_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ENV = "PIXELRPC_CS231N_DATA"
@@ -115,7 +115,7 @@ def ensure_models(registry, *, quick: bool, threads: int) -> dict:
     """Bootstrap what is missing and import the Caffe trunk if the shared data has it."""
     import torch
 
-    from pixelrpc.clients.cli.bootstrap import run_with_progress
+    from pixelrpc.cli.bootstrap import run_with_progress
     from pixelrpc.models.bootstrap import CAPTIONER_NAME, CLASSIFIER_NAME, FULL, QUICK, Bootstrap
 
     info = {"bootstrap": None, "caffe": None}
@@ -501,7 +501,7 @@ def _models_section(demo: Demo, registry, info: dict) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m pixelrpc.clients.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pixelrpc.cli.demo", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--registry",
         default=None,
@@ -523,9 +523,9 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pixelrpc.clients.cli.bootstrap import default_threads
+    from pixelrpc.cli.bootstrap import default_threads
+    from pixelrpc.cli.demo_explain import explain_scenes
     from pixelrpc.clients.client import Client
-    from pixelrpc.clients.demo_explain import explain_scenes
     from pixelrpc.models.bootstrap import CLASSIFIER_NAME
     from pixelrpc.models.registry import Registry
 
@@ -548,12 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             suite.wait_healthy(timeout=180)
             for name, svc in suite.services.items():
                 print(f"  {name:<14} {svc.address:<18} SERVING")
-            client = Client(
-                captioning=suite.address("captioning"),
-                visualization=suite.address("visualization"),
-                style=suite.address("style"),
-                timeout=900,
-            )
+            client = Client(**{name: svc.address for name, svc in suite.services.items()}, timeout=900)
             demo = Demo(
                 client,
                 out,

@@ -1,0 +1,5 @@
+import sys
+
+from pixelrpc.cli import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from pixelrpc.clients.cli import main
-
-sys.exit(main())
