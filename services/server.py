@@ -123,7 +123,7 @@ class PixelServer:
     def ready(self) -> bool:
         """Every service of this server is ready (its health is SERVING) and it is not shutting down."""
         return not self.shutting_down and all(self._ready.get(s, False) for s in self.contexts
-                                              if FULL_NAMES[s] in self.service_names)
+                                              if SERVICES[s].full_name in self.service_names)
 
     async def _stop_http(self) -> None:
         if self.http is not None:
