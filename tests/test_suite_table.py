@@ -95,7 +95,8 @@ def test_docker_compose_agrees_with_the_table():
 
 def test_the_image_and_the_compose_test_agree_with_the_table():
     (expose,) = re.findall(r"^EXPOSE (.+)$", (REPO / "Dockerfile").read_text(), re.M)
-    assert sorted(map(int, expose.split())) == sorted(p for s in SERVICES.values() for p in (s.port, s.metrics_port))
+    assert sorted(map(int, expose.split())) == sorted(p for s in SERVICES.values()
+                                                      for p in (s.port, s.metrics_port, s.http_port))
     script = (REPO / "scripts" / "compose_test.sh").read_text()
     assert re.search(r"^SERVICES=\((.*)\)$", script, re.M).group(1).split() == list(SERVICES)
     for var, attr in (("PORT", "port"), ("METRICS", "metrics_port")):
