@@ -111,3 +111,18 @@ class Stubs:
 
     def caption(self, name: str = "", version: int = 0, k: int = 0) -> captioning_pb2.CaptionResult:
         return self.captioning.Caption(caption_request(name, version, k), timeout=10).result
+
+
+def publish_tiny_encoder(tmp_path_factory):
+    """A fresh registry holding ``tiny-encoder``: SqueezeNet features at 32 px, random weights (seed 0).
+    Returns ``(registry, encoder manifest)``."""
+    import torch
+
+    from pixelrpc.models import zoo
+    from pixelrpc.models.registry import Registry
+
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    torch.manual_seed(0)
+    encoder = zoo.publish_squeezenet(registry, "tiny-encoder", zoo.build_squeezenet_features().eval(),
+                                     class_names=[], tasks=("feature-extraction",), input_size=32)
+    return registry, encoder

@@ -20,11 +20,11 @@ import time
 import grpc
 import numpy as np
 import pytest
-import torch
 from admission_images import noise_png
 from click.testing import CliRunner
 from conftest import torch_threads
 from PIL import Image
+from registry_helpers import publish_tiny_encoder
 
 from pixelrpc.clients.captioning import CaptioningClient, CaptionOutput, TokenUpdate, build_job
 from pixelrpc.clients.errors import RpcError
@@ -32,7 +32,6 @@ from pixelrpc.models.captioning import decoding
 from pixelrpc.models.captioning.captioning_rnn import CaptioningRNN, save_to_registry
 from pixelrpc.models.captioning.decoding import DecodeOptions, decode
 from pixelrpc.models.captioning.features import embed_images
-from pixelrpc.models.registry import Registry
 from pixelrpc.services.captioning import BATCHERS_KEY, DEFAULT_MODELS
 from pixelrpc.services.settings import Settings
 
@@ -58,10 +57,7 @@ def png_bytes(seed: int, size=(40, 30)) -> bytes:
 def models(tmp_path_factory):
     from pixelrpc.models import zoo
 
-    registry = Registry(tmp_path_factory.mktemp("registry"))
-    torch.manual_seed(0)
-    encoder = zoo.publish_squeezenet(registry, "tiny-encoder", zoo.build_squeezenet_features().eval(),
-                                     class_names=[], tasks=("feature-extraction",), input_size=32)
+    registry, encoder = publish_tiny_encoder(tmp_path_factory)
     out = {
         "features": make_captioner(D, seed=1),
         "image": make_captioner(512, seed=2),

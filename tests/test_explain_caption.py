@@ -20,6 +20,7 @@ from admission_images import noise_png
 from click.testing import CliRunner
 from conftest import torch_threads
 from PIL import Image
+from registry_helpers import publish_tiny_encoder
 
 from pixelrpc.clients.captioning import AsyncCaptioningClient, CaptioningClient, Explanation, WordExplanation
 from pixelrpc.clients.errors import RpcError
@@ -29,7 +30,6 @@ from pixelrpc.models.captioning.captioning_rnn import CaptioningRNN, save_to_reg
 from pixelrpc.models.captioning.decoding import decode
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput
 from pixelrpc.models.imaging import working_box
-from pixelrpc.models.registry import Registry
 from pixelrpc.services.settings import Settings
 
 WORDS = ["<NULL>", "<START>", "<END>", "a", "cat", "dog", "on", "mat", "the", "sat", "red", "ball"]
@@ -195,10 +195,7 @@ def png(size=(40, 30), seed=0) -> bytes:
 def models(tmp_path_factory):
     from pixelrpc.models import zoo
 
-    registry = Registry(tmp_path_factory.mktemp("registry"))
-    torch.manual_seed(0)
-    encoder = zoo.publish_squeezenet(registry, "tiny-encoder", zoo.build_squeezenet_features().eval(),
-                                     class_names=[], tasks=("feature-extraction",), input_size=32)
+    registry, encoder = publish_tiny_encoder(tmp_path_factory)
     captioner = CaptioningRNN(VOCAB, input_dim=512, wordvec_dim=8, hidden_dim=16, cell_type="lstm", seed=2)
     captioner.params["W_vocab"] = captioner.params["W_vocab"] * 3.0
     captioner.params["b_vocab"][VOCAB["<END>"]] = -1e3  # never ends: max_length words
