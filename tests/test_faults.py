@@ -204,7 +204,7 @@ def damaged(quick_bootstrap, tmp_path_factory):
     (fifo / "manifest.json").unlink()
     os.mkfifo(fifo / "manifest.json")
     server = ServerProcess("visualization", root, tmp_path_factory.mktemp("faults-logs"), env=FAST)
-    server.start().wait_serving()
+    server.start().wait_ready()  # the tests assert readiness, which follows the preload
     yield registry, server
     _unblock_fifo(fifo / "manifest.json")
     server.stop(15)
