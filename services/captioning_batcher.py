@@ -301,7 +301,7 @@ class ModelBatcher:
             self._new_batch = False
         for event in outcome.events:
             request = self.active.get(event.request)
-            if request is not None and request.want_tokens and not request.gone and request.queue is not None:
+            if request is not None and request.want_tokens and not request.gone:  # stream() requests only
                 request.queue.put_nowait(event)
         for handle, captions in outcome.finished.items():
             request = self.active.pop(handle, None)
