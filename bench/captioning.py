@@ -95,13 +95,18 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
+MIN_SAMPLE_S = 0.05  # one sample times enough calls to last this long (one 3 ms call is mostly noise)
+
+
 def interleaved(a, b, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``a()`` and ``b()``, run alternately ``repeats`` times after one warm-up each."""
-    a(), b()
+    """Median seconds per call of ``a()`` and ``b()``, sampled alternately ``repeats`` times after a
+    warm-up; each sample times the same number of back-to-back calls of each, enough for the faster
+    one to last ``MIN_SAMPLE_S``."""
+    calls = max(1, int(MIN_SAMPLE_S / max(min(timed(a), timed(b)), 1e-6)) + 1)
     ta, tb = [], []
     for _ in range(repeats):
-        ta.append(timed(a))
-        tb.append(timed(b))
+        ta.append(timed(lambda: [a() for _ in range(calls)]) / calls)
+        tb.append(timed(lambda: [b() for _ in range(calls)]) / calls)
     return statistics.median(ta), statistics.median(tb)
 
 

@@ -52,3 +52,54 @@ def test_padded_product_fallback_is_invariant():
     full = product(a)
     for rows in (1, 2, 3, 9, 17):
         np.testing.assert_array_equal(product(a[:rows]), full[:rows])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gil_free_gemm_gives_the_f2py_bits(dtype):
+    """blas.gemm_nogil calls the same routine as scipy's wrapper: every tiling, the same bits."""
+    from pixelrpc.models.captioning.blas import gemm_nogil
+
+    if gemm_nogil(dtype) is None:
+        pytest.skip("this scipy exports no cython_blas gemm: the f2py wrapper is used (tested above)")
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((256, 700)).astype(dtype)
+    nogil, f2py = P.TiledProduct(w), P.TiledProduct(w, release_gil=False)
+    for rows in (1, 2, 3, 8, 9, 40):
+        a = rng.standard_normal((rows, 256)).astype(dtype)
+        np.testing.assert_array_equal(nogil(a), f2py(a), err_msg=f"{rows} rows")
+
+
+def test_products_release_the_gil():
+    """While one thread multiplies, another Python thread keeps running: the longest pause it sees
+    is far shorter than the BLAS call. (scipy's f2py wrapper holds the GIL for the whole call: a
+    server's event loop would stop while captions decode.)"""
+    import threading
+    import time
+
+    from scipy.linalg.blas import sgemm
+
+    from pixelrpc.models.captioning.blas import gemm_nogil
+
+    gemm = gemm_nogil(np.float32)
+    if gemm is None:
+        pytest.skip("this scipy exports no cython_blas gemm: products hold the GIL")
+    rng = np.random.default_rng(6)
+    m, k, n = 512, 4096, 2048  # one call of ~4e9 multiply-adds: tens of milliseconds
+    a = np.asfortranarray(rng.standard_normal((m, k)).astype(np.float32))
+    b = np.asfortranarray(rng.standard_normal((k, n)).astype(np.float32))
+    c = np.empty((m, n), dtype=np.float32, order="F")
+
+    def longest_pause(multiply) -> float:
+        worker = threading.Thread(target=multiply)
+        pause, last = 0.0, time.perf_counter()
+        worker.start()
+        while worker.is_alive():
+            now = time.perf_counter()
+            pause, last = max(pause, now - last), now
+        worker.join()
+        return pause
+
+    held = longest_pause(lambda: sgemm(1.0, a, b, c=c, overwrite_c=True))
+    free = longest_pause(lambda: gemm(m, n, k, a.ctypes.data, m, b.ctypes.data, k, c.ctypes.data, m))
+    np.testing.assert_array_equal(c, sgemm(1.0, a, b))  # and the same bits
+    assert free < held / 3, (free, held)

@@ -143,7 +143,8 @@ def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
       step looks it up instead of multiplying;
     - ``out``: the product by ``[W_vocab | Wh]`` (H, V + G): one product of the new hidden state
       gives both this step's scores and the next step's recurrent term (``products``);
-    - ``proj``: the product by ``W_proj`` (D, H); and ``b_vocab``, ``b_proj``.
+    - ``proj``: the product by ``W_proj`` (D, H), ``first``: by ``Wh`` (H, G) alone, for the first
+      step's recurrent term (no scores are needed from h0); and ``b_vocab``, ``b_proj``.
     """
     cache = model.__dict__.setdefault("_decode_weights", {})
     key = _fingerprint(model.params)
@@ -153,8 +154,8 @@ def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
     p = {k: np.asarray(v, dtype=dtype) for k, v in model.params.items()}
     word_terms = invariant_product(p["Wx"])(p["W_embed"]) + p["b"]  # (V, G)
     out = invariant_product(np.concatenate([p["W_vocab"], p["Wh"]], axis=1))  # (H, V + G)
-    weights = (np.ascontiguousarray(word_terms), out, p["b_vocab"].copy(), invariant_product(p["W_proj"]),
-               p["b_proj"].copy())
+    weights = (np.ascontiguousarray(word_terms), out, invariant_product(p["Wh"]), p["b_vocab"].copy(),
+               invariant_product(p["W_proj"]), p["b_proj"].copy())
     cache[dtype.str] = (key, weights)
     return weights
 
@@ -187,7 +188,7 @@ class BatchDecoder:
         self.dtype = dtype
         self.max_length_limit = max_length_limit
         self.lstm = model.cell_type == "lstm"
-        self.word_terms, self.out, self.b_vocab, self.proj, self.b_proj = _decode_weights(model, dtype)
+        self.word_terms, self.out, self.first, self.b_vocab, self.proj, self.b_proj = _decode_weights(model, dtype)
         H, L = model.hidden_dim, max_length_limit
         self.V = len(self.b_vocab)
         self.h = np.zeros((0, H), dtype=dtype)  # (R, H)
@@ -247,19 +248,26 @@ class BatchDecoder:
         n = sum(counts)
         H, L = self.h.shape[1], self.max_length_limit
         h0 = self.proj(np.stack([x for _, x, _ in pending])) + self.b_proj  # (requests, H)
-        hWh0 = self.out(h0)[:, self.V:]  # (requests, G): the same product as every later step's
-        h = np.repeat(h0, counts, axis=0)  # (n, H)
-        self.h = np.concatenate([self.h, h])
-        self.hWh = np.concatenate([self.hWh, np.repeat(hWh0, counts, axis=0)])
-        self.c = np.concatenate([self.c, np.zeros((n, H), dtype=self.dtype)])
-        self.last = np.concatenate([self.last, np.full(n, self.model.start_idx, dtype=np.int64)])
-        self.pos = np.concatenate([self.pos, np.zeros(n, dtype=np.int64)])
+        hWh0 = self.first(h0)  # (requests, G): h0 Wh (row-invariant like every product here)
+        one_each = n == len(pending)  # one row per request (greedy and single-caption requests)
+
+        def rows_of(x: np.ndarray) -> np.ndarray:
+            return x if one_each else np.repeat(x, counts, axis=0)
+
+        def join(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+            return new if len(old) == 0 else np.concatenate([old, new])
+
         limits = [s.options.max_length if isinstance(s, Greedy) else 0 for s, _, _ in pending]
-        self.limit = np.concatenate([self.limit, np.repeat(np.asarray(limits, dtype=np.int64), counts)])
-        self.tok_hist = np.concatenate([self.tok_hist, np.zeros((n, L), dtype=np.int64)])
-        self.lp_hist = np.concatenate([self.lp_hist, np.zeros((n, L), dtype=np.float64)])
         emits = [e and isinstance(s, Greedy) for s, _, e in pending]
-        self.emit = np.concatenate([self.emit, np.repeat(np.asarray(emits, dtype=bool), counts)])
+        self.h = join(self.h, rows_of(h0))  # (R, H)
+        self.hWh = join(self.hWh, rows_of(hWh0))
+        self.c = join(self.c, np.zeros((n, H), dtype=self.dtype))
+        self.last = join(self.last, np.full(n, self.model.start_idx, dtype=np.int64))
+        self.pos = join(self.pos, np.zeros(n, dtype=np.int64))
+        self.limit = join(self.limit, rows_of(np.asarray(limits, dtype=np.int64)))
+        self.tok_hist = join(self.tok_hist, np.zeros((n, L), dtype=np.int64))
+        self.lp_hist = join(self.lp_hist, np.zeros((n, L), dtype=np.float64))
+        self.emit = join(self.emit, rows_of(np.asarray(emits, dtype=bool)))
         for search, _, _ in pending:
             self.searches.append(search)
             self._others += not isinstance(search, Greedy)

@@ -25,8 +25,11 @@ gets 256-row products (always invariant, slow for small batches).
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
+
+from pixelrpc.models.captioning.blas import gemm_nogil
 
 log = logging.getLogger("pixelrpc.captioning")
 
@@ -112,23 +115,42 @@ class TiledProduct:
 
     kind = "small-kernel tiles"
 
-    def __init__(self, w: np.ndarray):
+    def __init__(self, w: np.ndarray, *, release_gil: bool = True):
         K, M = w.shape
         self.shape, self.dtype = w.shape, w.dtype
+        self.release_gil = release_gil  # False: scipy's f2py gemm (holds the GIL), for comparison
         self.f = np.asfortranarray(w)  # a column block of it is F-contiguous: BLAS reads it in place
         self.blocks = {}  # tile rows -> [(start, stop)] column blocks
         for rows in (1, 2, 4, TILE_ROWS):
             cols = max(COL_ALIGN, SMALL_KERNEL_MNK // (rows * K) // COL_ALIGN * COL_ALIGN)
             self.blocks[rows] = [(j, min(j + cols, M)) for j in range(0, M, cols)]
         self.gemm = _gemm_for(w.dtype)
+        self._local = threading.local()  # one GIL-free gemm (argument buffers) per thread
+
+    def _nogil(self):
+        gemm = getattr(self._local, "gemm", False)
+        if gemm is False:
+            gemm = self._local.gemm = gemm_nogil(self.dtype) if self.release_gil else None
+        return gemm
 
     def _tile(self, a: np.ndarray) -> np.ndarray:
-        """At most TILE_ROWS rows (r, K) -> (r, M), F-ordered, each block written in place."""
+        """At most TILE_ROWS rows (r, K) -> (r, M), F-ordered, each block written in place.
+
+        The blocks run through ``blas.gemm_nogil`` (the GIL is released while BLAS works, so a
+        server's event loop keeps running), or scipy's f2py ``gemm`` where that is unavailable."""
         r = a.shape[0]
         out = np.empty((r, self.shape[1]), dtype=self.dtype, order="F")
         tile = np.asfortranarray(a)
-        for j, k in self.blocks[next(t for t in (1, 2, 4, TILE_ROWS) if t >= r)]:
-            self.gemm(1.0, tile, self.f[:, j:k], c=out[:, j:k], overwrite_c=True)
+        blocks = self.blocks[next(t for t in (1, 2, 4, TILE_ROWS) if t >= r)]
+        gemm = self._nogil()
+        if gemm is None:
+            for j, k in blocks:
+                self.gemm(1.0, tile, self.f[:, j:k], c=out[:, j:k], overwrite_c=True)
+            return out
+        K, size = self.shape[0], self.dtype.itemsize
+        a_ptr, b_ptr, c_ptr = tile.ctypes.data, self.f.ctypes.data, out.ctypes.data
+        for j, k in blocks:  # column j of F-ordered B starts at j*K items, of C at j*r items
+            gemm(r, k - j, K, a_ptr, r, b_ptr + j * K * size, K, c_ptr + j * r * size, r)
         return out
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
