@@ -556,7 +556,7 @@ class StyleAdapter(Adapter):
             if progress.final:
                 outputs = [bytes_tensor("IMAGE", [image_pb_from_pil(progress.image).data])] if "IMAGE" in wanted else []
                 yield InferResult(name, version, outputs, params)
-                return
+                continue  # the job's generator ends after its final report (and counts its execution)
             outputs = [numeric_tensor("ITERATION", "INT32", [progress.iteration]),
                        numeric_tensor("LOSS", "FP32", losses)]
             if progress.preview is not None:
