@@ -11,6 +11,11 @@ line, metrics and the one error table (bad tensors: INVALID_ARGUMENT naming the 
 model: NOT_FOUND; a full queue: RESOURCE_EXHAUSTED). ``ModelStreamInfer`` answers the requests of a
 stream in order, with any number of responses each (decoupled: style progress, caption tokens);
 a failed request answers ``error_message`` (``CODE: message``) and the stream goes on.
+
+``infer``, ``describe`` and ``model_ready`` are transport-free: KServe V2 REST on the HTTP port
+(``services/http/v2.py``) calls them on this same servicer, so both transports run one
+implementation. A call is served, and counted in the metrics, under the service that runs its model
+(``locate`` -> ``Call.route``).
 """
 
 from __future__ import annotations
