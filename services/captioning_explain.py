@@ -104,7 +104,7 @@ async def explain_caption(servicer, request: pb.ExplainCaptionRequest, call: Cal
                     input_size=int(x.shape[-1]),
                     encoder=common_pb2.ModelRef(name=encoder.manifest.name, version=encoder.manifest.version)))
 
-    async for message in call.steps(job):
+    async for message in call.steps(job, executes=loaded):
         if message.HasField("result"):
             message.result.meta.CopyFrom(call.meta(loaded))
         yield message

@@ -70,12 +70,15 @@ class Metrics:
             ["service", *MODEL_LABELS], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         # Triton's nv_inference_count / nv_inference_exec_count: inferences / executions is the
         # average number of requests one model execution served (1.0: no batching at all).
+        # Every service counts both, whatever the door (native gRPC, Open Inference Protocol over gRPC
+        # or REST, JSON): a call over N images is N inferences in 1 execution, a job (style, fooling
+        # image, class visualization, caption explanation) is 1 and 1, captions count per batch.
         self.inferences = Counter(
-            "pixelrpc_inference", "Inferences done (captions decoded: one per request)",
-            ["service", *MODEL_LABELS], registry=self.registry)
+            "pixelrpc_inference", "Inferences done: one per image classified or explained, caption "
+            "decoded, or optimisation job finished", ["service", *MODEL_LABELS], registry=self.registry)
         self.executions = Counter(
-            "pixelrpc_inference_exec", "Model executions that did them (batched decode runs)",
-            ["service", *MODEL_LABELS], registry=self.registry)
+            "pixelrpc_inference_exec", "Model executions that did them (a job run over a request's "
+            "images, a batched caption decode run)", ["service", *MODEL_LABELS], registry=self.registry)
         self.golden_failures = Counter(
             "pixelrpc_golden_failures", "Model versions that failed their golden examples after loading "
             "(not swapped in; the previous default keeps serving)", ["model"], registry=self.registry)
@@ -90,6 +93,12 @@ class Metrics:
         """Report ``pending()`` (read at scrape time) and the queue's capacity for ``service``."""
         self.queue_pending.labels(service).set_function(pending)
         self.queue_capacity.labels(service).set(capacity)
+
+    def count_execution(self, service: str, ref: str, inferences: int = 1) -> None:
+        """One execution of model ``ref`` that made ``inferences`` inferences (``Call.executed``)."""
+        labels = (service, *split_ref(ref))
+        self.executions.labels(*labels).inc()
+        self.inferences.labels(*labels).inc(inferences)
 
     def batch_observer(self, service: str, ref: str) -> tuple[Callable[[int], None], Callable[[int], None]]:
         """``(on_batch(size), on_inferences(n))`` for one model's batcher: a batch is one execution."""

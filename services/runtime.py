@@ -11,6 +11,7 @@ job runner and the decoded-pixel budget in ``services/jobs.py`` (their names are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pixelrpc.models.errors import CancelToken, Overloaded, PixelRPCError
+from pixelrpc.models.errors import CancelToken, DeadlineExceeded, Overloaded, PixelRPCError
 from pixelrpc.models.imaging import WorkingPlan
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.services import tracing
@@ -76,25 +77,73 @@ class Call:
         self.on_end: list[Callable[[], None]] = []
         self.trace = None  # (span, token) of the RPC's span when tracing is on
 
-    async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+    async def run(self, fn: Callable[..., T], *args, executes: tuple[LoadedModel, int] | None = None,
+                  **kwargs) -> T:
         """Run blocking work in the bounded executor; one job slot for its duration.
 
         A request takes one slot, once: everything heavy it does (decoding, the model, encoding the
         answer) belongs in that one job, so it is never refused after it was admitted.
+
+        ``executes=(loaded, n)``: the work is one execution of ``loaded``'s model that makes ``n``
+        inferences (e.g. n images classified together); counted once it succeeds (``executed``).
         """
         jobs = self.ctx.jobs
         await jobs.acquire(account=self._account_queue)
         pending: list[asyncio.Future] = []
         try:
             self.cancel.check()
-            return await self._in_executor(functools.partial(fn, *args, **kwargs), pending=pending)
+            result = await self._in_executor(functools.partial(fn, *args, **kwargs), pending=pending)
         finally:
             self._release_after(pending)
+        if executes is not None:
+            self.executed(*executes)
+        return result
+
+    def executed(self, loaded: LoadedModel, inferences: int = 1) -> None:
+        """Count one execution of ``loaded``'s model that made ``inferences`` inferences, under this
+        call's service (``pixelrpc_inference_exec_total`` / ``pixelrpc_inference_total``, Triton's
+        execution and inference counts). The captioning batcher counts its own batches."""
+        self.ctx.metrics.count_execution(self.ctx.name, loaded.manifest.ref, inferences)
+
+    def route(self, ctx: ServiceContext) -> None:
+        """The call is served by ``ctx``'s service from here on (the Open Inference Protocol serves the
+        models of every service of the process on one servicer): its job slots, and the ``service``
+        label of its metrics and access log line."""
+        if ctx is self.ctx:
+            return
+        self.ctx.metrics.in_flight.labels(self.ctx.name).dec()
+        ctx.metrics.in_flight.labels(ctx.name).inc()
+        self.ctx = ctx
+
+    def limit_deadline(self, seconds: float) -> None:
+        """Bring the call's deadline to at most ``seconds`` from now (a request's own ``timeout``)."""
+        at = time.monotonic() + seconds
+        if self.deadline is None or at < self.deadline:
+            self.deadline = at
+        if self.cancel.deadline is None or at < self.cancel.deadline:
+            self.cancel.deadline = at
+
+    @contextlib.asynccontextmanager
+    async def deadline_scope(self):
+        """Stop waiting at the call's deadline, as grpc stops a handler at its client's deadline (which
+        HTTP has no stack to do): what the block awaits is cancelled (a job stops within one step and
+        frees its slot), and the call ends DEADLINE_EXCEEDED."""
+        if self.deadline is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + (self.deadline - time.monotonic())):
+                yield
+        except TimeoutError:
+            self.cancel.cancel("the call's deadline passed")
+            raise DeadlineExceeded("the call's deadline passed before the job finished") from None
 
     # ---- streams (services/streaming.py): the slot of the streaming job now running, if any
     _lease: SlotLease | None = None
 
-    async def steps(self, make_generator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    async def steps(self, make_generator: Callable[[], Iterator[T]],
+                    executes: LoadedModel | None = None) -> AsyncIterator[T]:
         """Step a domain generator in the executor, one job slot for the job while it computes.
 
         Between steps it checks the cancel token (client cancel, deadline, shutdown), so a
@@ -102,6 +151,9 @@ class Call:
         In a streaming RPC the next step is computed only when the client has room for the next
         message: while it waits for its client the job holds no slot (``park``), and it takes one
         again, waiting in line but never refused, before its next step.
+
+        ``executes``: the job is one execution (one inference) of that model, counted when the
+        generator is done (``executed``).
         """
         lease = SlotLease(self)
         await lease.acquire()
@@ -115,6 +167,8 @@ class Call:
             while True:
                 item = await self._in_executor(next, gen, done, pending=pending)
                 if item is done:
+                    if executes is not None:
+                        self.executed(executes)
                     return
                 yield item  # type: ignore[misc]
                 await lease.resume()
@@ -306,7 +360,7 @@ def rpc(method):
         return call, time.perf_counter()
 
     def _end(self, call: Call, started: float) -> None:
-        ctx: ServiceContext = self.ctx
+        ctx: ServiceContext = call.ctx  # the service that served the call (Call.route)
         for release in call.on_end:
             release()
         seconds = time.perf_counter() - started

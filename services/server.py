@@ -69,6 +69,7 @@ class PixelServer:
         self._not_ready: dict[str, str] = {}
         self._registry_status = None
         self.handlers: dict = {}  # "/pkg.Service/Method" -> grpc method handler (the HTTP front calls them)
+        self.inference = None  # the Open Inference Protocol's servicer (gRPC, and V2 REST on the HTTP front)
         self.http = None  # services/http/: KServe V2 REST + the native API as JSON, when http_port >= 0
         self.http_port: int | None = None
         self.shutting_down = False
@@ -377,7 +378,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
     # The Open Inference Protocol (KServe V2 / Triton gRPC) on the same port, over the same contexts.
     from pixelrpc.services import oip
 
-    oip.add_to_server(server, contexts)
+    inference = oip.add_to_server(server, contexts)
     served.append(oip.SERVICE_NAME)
     health_names = [SERVICES[n].full_name for n in services]
     health_names.append(registry_service.SERVICE_NAME)
@@ -392,6 +393,7 @@ async def create_server(services: Sequence[str], settings: Settings, *, registry
         raise OSError(f"could not bind {target}")
     pixel = PixelServer(server, port, settings, health_servicer, contexts, modules, health_names)
     pixel.handlers = recorder.handlers
+    pixel.inference = inference
     if configure is not None:
         configure(pixel)
     return pixel, port

@@ -163,7 +163,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             return _trimmed(stylize(plan.loaded.model, plan.loaded.manifest.metadata, plan.content, plan.styles,
                                     plan.blend, plan.options, preview_every=preview_every, cancel=call.cancel))
 
-        async for progress in call.steps(start):
+        async for progress in call.steps(start, executes=loaded):  # a job: one inference
             yield holder["plan"], progress
 
     def _result(self, plan: StylePlan, final: StyleProgress, call: Call) -> pb.StyleResult:

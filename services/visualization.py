@@ -146,7 +146,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
         def work():
             return jobs.classify_images(model, admitted.decode(), options)  # each already S x S
 
-        results = await call.run(work)
+        results = await call.run(work, executes=(loaded, len(request.images)))  # N images, one execution
         return pb.ClassifyResponse(
             results=[pb.ImageClassification(predictions=[
                 pb.ClassPrediction(class_index=p.class_index, label=p.label, probability=p.probability,
@@ -176,7 +176,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
                     getattr(response, name).CopyFrom(image_pb_from_pil(picture))
             return response
 
-        response = await call.run(work)
+        response = await call.run(work, executes=(loaded, 1))
         response.meta.CopyFrom(call.meta(loaded, seed=options.seed))
         return response
 
@@ -197,7 +197,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
                 else:
                     yield pb.FoolingImageResponse(result=_fooling_result(item))
 
-        async for message in call.steps(job):
+        async for message in call.steps(job, executes=loaded):
             message.meta.CopyFrom(call.meta(loaded))
             yield message
 
@@ -224,7 +224,7 @@ class VisualizationServicer(pb_grpc.VisualizationServiceServicer):
                         target_label=item.target_label, target_score=item.target_score,
                         target_probability=item.target_probability, iterations=item.iterations, size=item.size))
 
-        async for message in call.steps(job):
+        async for message in call.steps(job, executes=loaded):
             message.meta.CopyFrom(call.meta(loaded, seed=options.seed))
             yield message
 

@@ -174,6 +174,10 @@ def main(vis_address: str, style_address: str, folder: str, auth_address: str, t
                                                       model_version="99")),
         "style_iterations": error_of(lambda: style.infer("shapes-squeezenet", [
             bytes_input("CONTENT", [a]), bytes_input("STYLE", [b])], parameters={"iterations": 10 ** 9})),
+        # Triton's timeout parameter (microseconds) on a job far longer than it
+        "style_timeout": error_of(lambda: style.infer("shapes-squeezenet", [
+            bytes_input("CONTENT", [a]), bytes_input("STYLE", [b])], timeout=300_000,
+            parameters={"iterations": 1000, "image_size": 128, "style_size": 128})),
     }
 
     # a server with a bearer token: liveness and readiness are open, inference needs the token

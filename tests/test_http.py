@@ -1,17 +1,21 @@
 """The HTTP front (services/http/, docs/http.md): KServe V2 REST driven by tritonclient's HTTP client,
-the native API as JSON driven by curl (every example of docs/http.md is run here), auth, error JSON
-and streaming. One server (visualization + captioning, quick-bootstrapped models) runs in-process on a
-background event loop; the token tests use a second one."""
+the native API as JSON driven by curl (every example of docs/http.md is run here), auth, error JSON,
+streaming, deadlines and TLS. One server (visualization + captioning, quick-bootstrapped models) runs
+in-process on a background event loop; the token tests use a second one, style a third (a style-only
+server: shapes-squeezenet is a style model there, a classifier beside the visualization service)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.client as httplib
 import io
 import json
 import os
 import re
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -32,6 +36,8 @@ from pixelrpc.v1 import (
     captioning_pb2,
     captioning_pb2_grpc,
     common_pb2,
+    style_transfer_pb2,
+    style_transfer_pb2_grpc,
     visualization_pb2,
     visualization_pb2_grpc,
 )
@@ -46,7 +52,7 @@ CLASSIFIER, CAPTIONER = "shapes-squeezenet", "shapes-captioner"
 class Running:
     """A PixelServer on its own event loop thread, for synchronous clients."""
 
-    def __init__(self, registry_root: str, **settings):
+    def __init__(self, registry_root: str, services=("visualization", "captioning"), **settings):
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -54,7 +60,7 @@ class Running:
                      **settings)
 
         async def boot():
-            server, _ = await create_server(["visualization", "captioning"], s)
+            server, _ = await create_server(list(services), s)
             await server.start()
             return server
 
@@ -77,15 +83,22 @@ def served(quick_bootstrap):
 
 
 @pytest.fixture(scope="module")
+def styled(quick_bootstrap):
+    running = Running(str(quick_bootstrap.registry.root), services=("style",))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
 def guarded(quick_bootstrap):
     running = Running(str(quick_bootstrap.registry.root), auth_token=TOKEN)
     yield running
     running.close()
 
 
-def shapes_png() -> bytes:
+def shapes_png(fill=(230, 40, 40)) -> bytes:
     img = Image.new("RGB", (64, 64), "black")
-    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill=(230, 40, 40))
+    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill=fill)
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
@@ -182,11 +195,89 @@ def test_tritonclient_caption_matches_native(served, binary):
     assert got.decode() == native.text
 
 
+def counted(metrics, name: str, **labels) -> float:
+    """A metric's samples summed over the labels not given."""
+    return sum(sample.value for family in metrics.registry.collect() for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def image_tensor(name: str, data: bytes):
+    tensor = http.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([data], dtype=object), binary_data=True)
+    return tensor
+
+
+def test_tritonclient_style_job_matches_native(styled):
+    """Style over V2 REST (the shared StyleAdapter): CONTENT and STYLE in, IMAGE (PNG) out, the picture
+    the native StylizeUnary paints for the same job and seed; one inference in one execution per job."""
+    content, style = shapes_png(), shapes_png((40, 60, 200))
+    metrics = styled.server.contexts["style"].metrics
+    model = {"service": "style", "model": CLASSIFIER, "version": "1"}
+    before = [counted(metrics, n, **model) for n in ("pixelrpc_inference_total", "pixelrpc_inference_exec_total")]
+    client = http.InferenceServerClient(styled.http)
+    params = {"iterations": 2, "image_size": 32, "style_size": 32, "seed": 7}
+    inputs = [image_tensor("CONTENT", content), image_tensor("STYLE", style)]
+    result = client.infer(CLASSIFIER, inputs, parameters=params,
+                          outputs=[http.InferRequestedOutput("IMAGE", binary_data=True)])
+    assert result.as_numpy("IMAGE").shape == (1,)
+    painted = Image.open(io.BytesIO(result.as_numpy("IMAGE")[0]))
+    assert painted.format == "PNG" and painted.size == (32, 32)
+    assert result.get_response()["parameters"] == {"iteration": 2, "iterations": 2, "seed": 7}
+    native = style_transfer_pb2_grpc.StyleTransferServiceStub(styled.channel).StylizeUnary(
+        style_transfer_pb2.StylizeUnaryRequest(job=style_transfer_pb2.StyleJob(
+            content=common_pb2.Image(data=content), model=common_pb2.ModelRef(name=CLASSIFIER), seed=7,
+            styles=[style_transfer_pb2.StyleImage(image=common_pb2.Image(data=style))],
+            parameters=style_transfer_pb2.StyleParameters(iterations=2, image_size=32, style_size=32))),
+        timeout=60).result
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(native.image.data))), np.asarray(painted))
+    # as JSON, the PNG is base64 text
+    text = client.infer(CLASSIFIER, inputs, parameters=params,
+                        outputs=[http.InferRequestedOutput("IMAGE", binary_data=False)]).as_numpy("IMAGE")[0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(text)))), np.asarray(painted))
+    after = [counted(metrics, n, **model) for n in ("pixelrpc_inference_total", "pixelrpc_inference_exec_total")]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3]  # two REST jobs, one native
+    with pytest.raises(Exception, match=r"\[400\] input CONTENT must be \[1\], got \[2\]"):
+        two = http.InferInput("CONTENT", [2], "BYTES")
+        two.set_data_from_numpy(np.array([content, content], dtype=object), binary_data=True)
+        client.infer(CLASSIFIER, [two, image_tensor("STYLE", style)], parameters=params)
+
+
+def test_v2_infer_deadline_answers_504_and_stops_the_job(styled):
+    """Triton's timeout parameter (microseconds) and Connect-Timeout-Ms bound a V2 REST infer: 504
+    deadline_exceeded at the deadline, the job cancelled (never counted as done), its slot freed."""
+    ctx = styled.server.contexts["style"]
+    url = f"http://{styled.http}/v2/models/{CLASSIFIER}/infer"
+    data = base64.b64encode(shapes_png()).decode()
+
+    def body(**params) -> bytes:
+        return json.dumps({"parameters": {"iterations": 1000, "image_size": 128, "style_size": 128, **params},
+                           "inputs": [{"name": n, "datatype": "BYTES", "shape": [1], "data": [data]}
+                                      for n in ("CONTENT", "STYLE")]}).encode()
+
+    labels = {"service": "style", "method": "ModelInfer", "code": "DEADLINE_EXCEEDED"}
+    expired = requests_counted(ctx.metrics, **labels)
+    executions = counted(ctx.metrics, "pixelrpc_inference_exec_total", service="style")
+    for params, headers in (({"timeout": 300_000}, {}), ({}, {"Connect-Timeout-Ms": "300"})):
+        started = time.monotonic()
+        status, _, raw = post(url, body(**params), headers=headers)
+        doc = json.loads(raw)
+        assert (status, doc["code"]) == (504, "deadline_exceeded"), doc
+        assert "deadline" in doc["error"] and time.monotonic() - started < 10
+        deadline = time.monotonic() + 30
+        while ctx.jobs.running:  # the step running in the worker finishes, then the slot is freed
+            assert time.monotonic() < deadline, "the expired job still holds its slot"
+            time.sleep(0.02)
+    assert requests_counted(ctx.metrics, **labels) == expired + 2
+    assert counted(ctx.metrics, "pixelrpc_inference_exec_total", service="style") == executions  # none finished
+    status, _, raw = post(url, body(timeout=-5))
+    assert status == 400 and "parameter timeout must be a whole number of microseconds" in json.loads(raw)["error"]
+
+
 def test_v2_errors_name_the_tensor_and_carry_the_request_id(served):
     client = http.InferenceServerClient(served.http)
     tensor = http.InferInput("FEATURES", [1, 5], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 5), np.float32))
-    with pytest.raises(Exception, match=r"\[400\] input FEATURES\[0\]"):
+    with pytest.raises(Exception, match=r"\[400\] input FEATURES must be \[N, 512\] for shapes-captioner:1, got \[1, 5\]"):
         client.infer(CAPTIONER, [tensor])
     status, headers, body = post(f"http://{served.http}/v2/models/{CLASSIFIER}/infer",
                                  json.dumps({"inputs": [{"name": "PIXELS", "datatype": "FP32", "shape": [1, 2, 2, 3],
@@ -293,10 +384,11 @@ def test_docs_have_runnable_examples():
 
 
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
-def test_curl_examples_in_docs(served, guarded, tmp_path):
+def test_curl_examples_in_docs(served, guarded, styled, tmp_path):
     (tmp_path / "shapes.png").write_bytes(shapes_png())
     for block, _ in doc_blocks():
-        target = guarded if "# server: token" in block else served
+        # 8083 is the style service's port (docs/http.md); 8081 and 8082 are both served by `served`
+        target = guarded if "# server: token" in block else styled if "localhost:8083" in block else served
         script = re.sub(r"localhost:808[123]", target.http, block)
         env = {**os.environ, "PIXELRPC_AUTH_TOKEN": TOKEN}
         run = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env,
@@ -304,3 +396,34 @@ def test_curl_examples_in_docs(served, guarded, tmp_path):
         assert run.returncode == 0, f"{block}\n--- stdout\n{run.stdout}\n--- stderr\n{run.stderr}"
         for expected in re.findall(r"# expect: (.*)", block):
             assert expected in run.stdout, f"{block}\n--- expected {expected!r} in\n{run.stdout}"
+
+
+# ---------------------------------------------------------------------------- TLS
+def test_https_with_the_grpc_certificate(quick_bootstrap, tmp_path):
+    """PIXELRPC_TLS_CERT/KEY turn the HTTP port into HTTPS: health and an inference over TLS with the
+    test's self-signed certificate; plain HTTP and a client that does not trust it get nothing."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    running = Running(str(quick_bootstrap.registry.root), tls_cert=str(cert), tls_key=str(key))
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(f"https://{running.http}/v2/health/ready", context=trusted, timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read()) == {"ready": True}
+        body = json.dumps({"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1],
+                                       "data": [base64.b64encode(shapes_png()).decode()]}],
+                           "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 2}}]}).encode()
+        request = urllib.request.Request(f"https://{running.http}/v2/models/{CLASSIFIER}/infer", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, context=trusted, timeout=60) as r:
+            output = json.loads(r.read())["outputs"][0]
+        assert output["name"] == "PROBABILITIES" and output["shape"] == [1, 2]
+        assert all(len(entry.split(":", 2)) == 3 for entry in output["data"])  # "score:index:label"
+        with pytest.raises((OSError, httplib.HTTPException)):  # plain HTTP on the TLS port
+            urllib.request.urlopen(f"http://{running.http}/v2/health/ready", timeout=10).read()
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"https://{running.http}/v2/health/ready", context=ssl.create_default_context(),
+                                   timeout=10)
+    finally:
+        running.close()

@@ -209,6 +209,7 @@ def test_stream_answers_a_failed_request_and_goes_on(oip):
     ("bad_version", "INVALID_ARGUMENT", "model_version"),
     ("missing_version", "NOT_FOUND", "shapes-squeezenet"),
     ("style_iterations", "INVALID_ARGUMENT", "iterations"),
+    ("style_timeout", "DEADLINE_EXCEEDED", "deadline passed"),
 ])
 def test_errors_map_to_the_native_status_codes(oip, case, status, words):
     error = oip["report"]["errors"][case]

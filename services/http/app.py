@@ -30,7 +30,7 @@ from pixelrpc.services.http import v2
 from pixelrpc.services.http.connect import call_method
 from pixelrpc.services.http.errors import HTTP_STATUS, error_body, error_response_parts, plain_abort
 from pixelrpc.services.http.handlers import FORWARDED_HEADERS, HttpAbort, HttpCallContext
-from pixelrpc.services.http.infer import InferServicer, backends_for
+from pixelrpc.services.oip.models import parse_version
 from pixelrpc.services.runtime import _REQUEST_ID_OK, new_request_id
 
 log = logging.getLogger("pixelrpc.http")
@@ -54,8 +54,8 @@ class HttpFront:
         self.server = server  # services.server.PixelServer
         self.settings = server.settings
         self._expected = f"Bearer {self.settings.auth_token}".encode() if self.settings.auth_token else None
-        self.backends = backends_for(server.handlers, server.contexts)
-        self.infer = {svc: InferServicer(server.contexts[svc], backend) for svc, backend in self.backends.items()}
+        self.inference = server.inference  # services/oip/server.py: the same servicer as gRPC's OIP
+        self.rest = v2.RestInference(self.inference)
         self.app = Starlette(routes=[
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
@@ -216,63 +216,47 @@ class HttpFront:
             ver = "0"
         return JSONResponse({"name": SERVER_NAME, "version": ver, "extensions": EXTENSIONS})
 
-    async def _resolve(self, request: Request):
-        """(service, backend, loaded model) for the route's model; NOT_FOUND when no service here runs it."""
-        self._authorize(request)
-        name = request.path_params["name"]
-        version = v2.parse_version(request.path_params.get("version"))
-        loop = asyncio.get_running_loop()
-        last: PixelRPCError | None = None
-        for svc, backend in self.backends.items():
-            ctx = self.server.contexts[svc]
-            try:
-                manifest = await loop.run_in_executor(ctx.jobs.control, ctx.registry.resolve, name, version)
-            except PixelRPCError as exc:
-                last = exc
-                continue
-            if backend.task in manifest.tasks:
-                return svc, backend, ctx, version
-        if last is not None and not isinstance(last, v2.ModelNotFound):
-            raise last
-        raise v2.model_not_served(name, "/".join(self.server.contexts))
+    @staticmethod
+    def _model(request: Request) -> tuple[str, int]:
+        """The route's model name and version (the Open Inference Protocol's version rule)."""
+        return request.path_params["name"], parse_version(request.path_params.get("version") or "")
 
     async def model_metadata(self, request: Request) -> Response:
+        """The Open Inference Protocol servicer's ModelMetadata (the same tensors as gRPC's)."""
         try:
-            svc, backend, ctx, version = await self._resolve(request)
-            loaded = await asyncio.get_running_loop().run_in_executor(
-                ctx.jobs.control, ctx.cache.get, request.path_params["name"], version)
+            self._authorize(request)
+            meta = await self.inference.describe(*self._model(request))
         except Exception as exc:  # noqa: BLE001
             return self._fail(exc, request, True)
-        versions = await asyncio.get_running_loop().run_in_executor(
-            ctx.jobs.control, ctx.registry.versions, loaded.manifest.name)
-        return JSONResponse({"name": loaded.manifest.name, "versions": [str(v) for v in versions],
-                             "platform": f"pixelrpc_{backend.task}", **backend.metadata(loaded)})
+        return JSONResponse(meta)
 
     async def model_ready(self, request: Request) -> Response:
+        """The Open Inference Protocol servicer's ModelReady: 200, or 400 (Triton's answer) when not ready."""
         try:
-            await self._resolve(request)
+            self._authorize(request)
+            ready = await self.inference.model_ready(*self._model(request)) and not self.server.shutting_down
         except HttpAbort as exc:
             return self._fail(exc, request, True)
-        except PixelRPCError:
-            return JSONResponse({"ready": False}, status_code=400)
-        return JSONResponse({"ready": not self.server.shutting_down},
-                            status_code=400 if self.server.shutting_down else 200)
+        except PixelRPCError:  # e.g. a malformed version
+            ready = False
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
 
     async def model_infer(self, request: Request) -> Response:
+        """V2 REST inference: ``v2.RestInference`` (under ``@rpc``) runs the Open Inference Protocol's
+        ``InferenceServicer.infer``, the one gRPC ModelInfer runs."""
         started = time.perf_counter()
         try:
-            svc, _backend, _ctx, version = await self._resolve(request)
+            self._authorize(request)
             body = await self._body(request)
         except Exception as exc:  # noqa: BLE001
             return self._fail(exc, request, True)
         name = request.path_params["name"]
-        raw = (v2.decode_request, body, request.headers.get(v2.HEADER_LENGTH), name, version)
+        raw = (body, request.headers.get(v2.HEADER_LENGTH), name, request.path_params.get("version"))
         context = self._context(request)
         try:
-            req, how, outputs, version = await self.infer[svc].ModelInfer(raw, context)
+            payload, headers = await self.rest.ModelInfer(raw, context)
         except Exception as exc:  # noqa: BLE001 - HttpAbort with the call's status and request id
             return self._fail(exc, request, True)
-        payload, headers = v2.encode_response(req, how, outputs, name, version)
         headers["x-request-id"] = context.request_id
         log.debug("infer %s in %.1f ms", name, (time.perf_counter() - started) * 1000)
         return Response(payload, headers=headers, media_type=headers.pop("content-type"))

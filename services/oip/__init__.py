@@ -6,8 +6,9 @@ from __future__ import annotations
 SERVICE_NAME = "inference.GRPCInferenceService"
 
 
-def add_to_server(server, contexts) -> None:
-    """Serve ``inference.GRPCInferenceService`` for ``contexts`` (service name -> ServiceContext)."""
+def add_to_server(server, contexts):
+    """Serve ``inference.GRPCInferenceService`` for ``contexts`` (service name -> ServiceContext);
+    returns its ``InferenceServicer`` (V2 REST, ``services/http/v2.py``, calls the same one)."""
     from pixelrpc.services.oip.server import add_to_server as add
 
-    add(server, contexts)
+    return add(server, contexts)

@@ -15,7 +15,8 @@ RPCs call, so OIP and the native API compute the same thing the same way:
   within one iteration).
 
 Tensor names and types are fixed (``inputs``/``outputs``: reported by ModelMetadata and ModelConfig,
-documented in docs/oip.md). Transport-free: the gRPC servicer and an HTTP front end both use these.
+documented in docs/oip.md). Transport-free: the gRPC servicer (``server.py``) and V2 REST
+(``services/http/v2.py``) both call these, through ``InferenceServicer.infer``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from pixelrpc.services.oip.tensors import BYTES, Tensor, bytes_tensor, numeric_t
 from pixelrpc.services.runtime import Call, ServiceContext
 from pixelrpc.v1 import common_pb2
 
-# Request parameters every model accepts and ignores (set by tritonclient and KServe tooling).
+# Triton's request parameters, which every model accepts (tritonclient and KServe tooling set them):
+# ``timeout`` bounds the request (``server.InferenceServicer.infer``), the others are ignored here.
 RESERVED_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
                        "binary_data_output", "headers"}
 
@@ -44,6 +46,7 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]  # -1: any size
     optional: bool = False
+    image: bool = False  # BYTES elements are encoded images (base64 text in V2 REST JSON, docs/http.md)
 
 
 @dataclass
@@ -188,7 +191,7 @@ class Adapter:
 # ---------------------------------------------------------------------- classifiers
 class ClassifierAdapter(Adapter):
     task = "classification"
-    inputs = (TensorSpec("IMAGE", BYTES, (-1,), optional=True),
+    inputs = (TensorSpec("IMAGE", BYTES, (-1,), optional=True, image=True),
               TensorSpec("PIXELS", "UINT8", (-1, -1, -1, 3), optional=True),
               TensorSpec("TARGET_CLASS", "INT32", (-1,), optional=True))
     outputs = (TensorSpec("PROBABILITIES", "FP32", (-1, -1)), TensorSpec("SALIENCY", "FP32", (-1, -1, -1)))
@@ -279,7 +282,7 @@ class ClassifierAdapter(Adapter):
                                  for image, t in zip(images, targets, strict=True)])
             return probs, maps
 
-        probs, maps = await call.run(work)
+        probs, maps = await call.run(work, executes=(loaded, count))  # N images, one execution
         outputs = []
         if "PROBABILITIES" in wanted:
             k = Params(wanted["PROBABILITIES"], {"classification"}).get("classification", int)
@@ -318,7 +321,8 @@ async def gather_all(coroutines: list) -> list:
 # ---------------------------------------------------------------------- captioners
 class CaptionerAdapter(Adapter):
     task = "captioning"
-    inputs = (TensorSpec("FEATURES", "FP32", (-1, -1), optional=True), TensorSpec("IMAGE", BYTES, (-1,), optional=True))
+    inputs = (TensorSpec("FEATURES", "FP32", (-1, -1), optional=True),
+              TensorSpec("IMAGE", BYTES, (-1,), optional=True, image=True))
     outputs = (TensorSpec("CAPTION", BYTES, (-1,)), TensorSpec("TOKENS", "INT32", (-1, -1)),
                TensorSpec("LOG_PROB", "FP32", (-1,)))
     default_outputs = ("CAPTION", "TOKENS", "LOG_PROB")
@@ -471,8 +475,8 @@ class CaptionerAdapter(Adapter):
 # ---------------------------------------------------------------------- style
 class StyleAdapter(Adapter):
     task = "feature-extraction"
-    inputs = (TensorSpec("CONTENT", BYTES, (1,)), TensorSpec("STYLE", BYTES, (-1,)))
-    outputs = (TensorSpec("IMAGE", BYTES, (1,)),)
+    inputs = (TensorSpec("CONTENT", BYTES, (1,), image=True), TensorSpec("STYLE", BYTES, (-1,), image=True))
+    outputs = (TensorSpec("IMAGE", BYTES, (1,), image=True),)
     default_outputs = ("IMAGE",)
     parameters = frozenset({"preset", "iterations", "image_size", "style_size", "content_layer", "content_weight",
                             "tv_weight", "style_layers", "style_weights", "style_blend", "learning_rate",
@@ -552,7 +556,7 @@ class StyleAdapter(Adapter):
             if progress.final:
                 outputs = [bytes_tensor("IMAGE", [image_pb_from_pil(progress.image).data])] if "IMAGE" in wanted else []
                 yield InferResult(name, version, outputs, params)
-                return
+                continue  # the job's generator ends after its final report (and counts its execution)
             outputs = [numeric_tensor("ITERATION", "INT32", [progress.iteration]),
                        numeric_tensor("LOSS", "FP32", losses)]
             if progress.preview is not None:
@@ -570,3 +574,5 @@ class StyleAdapter(Adapter):
 
 ADAPTERS: dict[str, type[Adapter]] = {"visualization": ClassifierAdapter, "captioning": CaptionerAdapter,
                                       "style": StyleAdapter}
+# Names of the BYTES tensors that hold encoded images, in every adapter (and the streamed PREVIEW).
+IMAGE_TENSORS = frozenset({s.name for a in ADAPTERS.values() for s in (*a.inputs, *a.outputs) if s.image} | {"PREVIEW"})

@@ -11,11 +11,17 @@ line, metrics and the one error table (bad tensors: INVALID_ARGUMENT naming the 
 model: NOT_FOUND; a full queue: RESOURCE_EXHAUSTED). ``ModelStreamInfer`` answers the requests of a
 stream in order, with any number of responses each (decoupled: style progress, caption tokens);
 a failed request answers ``error_message`` (``CODE: message``) and the stream goes on.
+
+``infer``, ``describe`` and ``model_ready`` are transport-free: KServe V2 REST on the HTTP port
+(``services/http/v2.py``) calls them on this same servicer, so both transports run one
+implementation. A call is served, and counted in the metrics, under the service that runs its model
+(``locate`` -> ``Call.route``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from pixelrpc.common.suite import SERVICES
@@ -52,7 +58,8 @@ FINAL = "triton_final_response"
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, contexts: dict[str, ServiceContext]):
         self.contexts = contexts
-        self.ctx = next(iter(contexts.values()))  # metrics and logs of the process's (first) service
+        # Calls begin under the process's first service; ``locate`` hands each to the model's service.
+        self.ctx = next(iter(contexts.values()))
         self.adapters: dict[str, Adapter] = {name: ADAPTERS[name](ctx) for name, ctx in contexts.items()
                                              if name in ADAPTERS}
 
@@ -65,8 +72,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         raise ModelNotFound(f"model {manifest.ref} is not served here: its tasks are "
                             f"{', '.join(manifest.tasks)}, this server runs {served} models")
 
-    async def _route(self, name: str, version: int, call: Call) -> tuple[str, Adapter, object]:
-        """(service, adapter, manifest) of ``name:version``; the call's context becomes that service's."""
+    async def locate(self, name: str, version: int, call: Call | None = None) -> tuple[str, Adapter, object]:
+        """(service, adapter, manifest) of ``name:version``: NOT_FOUND when no service here runs it.
+        With ``call``, the call is then served by that service (``Call.route``: its job slots, its
+        metrics); without, the request is answered outside ``@rpc`` (REST metadata and readiness)."""
         if not name:
             raise InvalidInput("model_name is required: name a registry model (RepositoryIndex lists them)",
                                field="model_name")
@@ -77,11 +86,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 manifest = loaded.manifest
                 break
         if manifest is None:
-            manifest = await call.control(self.ctx.registry.resolve, name, version)
+            manifest = await self._control(call, self.ctx.registry.resolve, name, version)
         service, adapter = self._pick(manifest)
-        call.ctx = self.contexts[service]
-        call.model = manifest.ref
+        if call is not None:
+            call.route(self.contexts[service])
+            call.model = manifest.ref
         return service, adapter, manifest
+
+    async def _control(self, call: Call | None, fn, *args):
+        """Short registry work off the event loop: ``call.control``, or the control executor."""
+        if call is not None:
+            return await call.control(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.ctx.jobs.control, functools.partial(fn, *args))
+
+    async def infer(self, req: InferRequest, call: Call) -> InferResult:
+        """One inference request, whatever carried it (gRPC ModelInfer, V2 REST): routed to the
+        adapter of the service that runs the model, within the call's deadline, which Triton's
+        ``timeout`` request parameter (microseconds) may shorten."""
+        try:
+            timeout = request_timeout(req.parameters)
+            _service, adapter, _manifest = await self.locate(req.model, req.version, call)
+            if timeout:
+                call.limit_deadline(timeout)
+            async with call.deadline_scope():
+                return await adapter.infer(req, call)
+        except InvalidInput as exc:
+            raise naming_tensor(exc) from None
+
+    async def describe(self, name: str, version: int, call: Call | None = None) -> dict:
+        """ModelMetadata, transport-free: name, versions, platform, inputs and outputs
+        (``{"name", "datatype", "shape"}`` each)."""
+        _service, adapter, manifest = await self.locate(name, version, call)
+        versions = await self._control(call, self.ctx.registry.versions, manifest.name)
+        inputs, outputs = adapter.describe(manifest)
+        return {"name": manifest.name, "versions": [str(v) for v in versions],
+                "platform": f"pixelrpc_{manifest.framework}",
+                "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in inputs],
+                "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in outputs]}
+
+    async def model_ready(self, name: str, version: int, call: Call | None = None) -> bool:
+        """Ready: the version resolves (sealed, verified manifest), a ready service of this process runs
+        its task, and it did not fail its golden examples. A model not loaded yet is ready: it loads on
+        its first request."""
+        try:
+            service, _adapter, manifest = await self.locate(name, version, call)
+        except (ModelNotFound, FailedPrecondition, ModelCorrupt):
+            return False
+        golden = self.contexts[service].cache.golden_status(manifest.name, manifest.version)
+        failed = golden is not None and golden.state == "failed"
+        return self._ready(service) and not failed
 
     @staticmethod
     def _request(request: pb.ModelInferRequest) -> InferRequest:
@@ -120,31 +173,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelReady(self, request: pb.ModelReadyRequest, call: Call):
-        """Ready: the version resolves (sealed, verified manifest), a ready service of this process runs
-        its task, and it did not fail its golden examples. A model not loaded yet is ready: it loads on
-        its first request."""
-        try:
-            service, _adapter, manifest = await self._route(request.name, parse_version(request.version), call)
-        except (ModelNotFound, FailedPrecondition, ModelCorrupt):
-            return pb.ModelReadyResponse(ready=False)
-        golden = self.contexts[service].cache.golden_status(manifest.name, manifest.version)
-        failed = golden is not None and golden.state == "failed"
-        return pb.ModelReadyResponse(ready=self._ready(service) and not failed)
+        return pb.ModelReadyResponse(ready=await self.model_ready(request.name, parse_version(request.version), call))
 
     @rpc
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, call: Call):
-        _service, adapter, manifest = await self._route(request.name, parse_version(request.version), call)
-        versions = await call.control(self.ctx.registry.versions, manifest.name)
-        inputs, outputs = adapter.describe(manifest)
+        meta = await self.describe(request.name, parse_version(request.version), call)
         spec = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=manifest.name, versions=[str(v) for v in versions], platform=f"pixelrpc_{manifest.framework}",
-            inputs=[spec(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in inputs],
-            outputs=[spec(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in outputs])
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[spec(**t) for t in meta["inputs"]], outputs=[spec(**t) for t in meta["outputs"]])
 
     @rpc
     async def ModelConfig(self, request: pb.ModelConfigRequest, call: Call):
-        _service, adapter, manifest = await self._route(request.name, parse_version(request.version), call)
+        _service, adapter, manifest = await self.locate(request.name, parse_version(request.version), call)
         inputs, outputs = adapter.describe(manifest)
         config = config_pb.ModelConfig(
             name=manifest.name, platform=f"pixelrpc_{manifest.framework}", backend="pixelrpc", max_batch_size=0,
@@ -177,17 +218,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, call: Call):
         try:
             req = self._request(request)
-            _service, adapter, _manifest = await self._route(req.model, req.version, call)
-            return self._response(req, await adapter.infer(req, call))
         except InvalidInput as exc:
             raise naming_tensor(exc) from None
+        return self._response(req, await self.infer(req, call))
 
     @rpc
     async def ModelStreamInfer(self, request_iterator, call: Call):
         async for request in request_iterator:
             try:
                 req = self._request(request)
-                _service, adapter, _manifest = await self._route(req.model, req.version, call)
+                _service, adapter, _manifest = await self.locate(req.model, req.version, call)
                 async for result in adapter.stream(req, call):
                     yield pb.ModelStreamInferResponse(infer_response=self._response(req, result, stream=True))
             except asyncio.CancelledError:
@@ -205,6 +245,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     id=request.id, model_name=request.model_name, model_version=request.model_version))
 
 
+def request_timeout(parameters: dict) -> float | None:
+    """Triton's ``timeout`` request parameter (microseconds; 0 or absent: none) in seconds."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"parameter timeout must be a whole number of microseconds >= 0, got "
+                           f"{clip(repr(value))}", field="parameters.timeout")
+    return value / 1e6 or None
+
+
 def naming_tensor(exc: InvalidInput) -> InvalidInput:
     """The native helpers name their fields (``inputs[IMAGE][0]`` for an image of the IMAGE tensor) in
     the BadRequest details; tritonclient shows only the message, so it names the tensor too."""
@@ -216,5 +267,8 @@ def naming_tensor(exc: InvalidInput) -> InvalidInput:
     return exc
 
 
-def add_to_server(server, contexts: dict[str, ServiceContext]) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(contexts), server)
+def add_to_server(server, contexts: dict[str, ServiceContext]) -> InferenceServicer:
+    """Serve ``inference.GRPCInferenceService``; returns the servicer (the HTTP front's V2 REST uses it)."""
+    servicer = InferenceServicer(contexts)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    return servicer
