@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -62,18 +63,24 @@ def test_visualization_bench_smoke_prints_its_rows(quick_bootstrap):
         assert any(workload in row for row in rows), proc.stdout
 
 
-def test_oip_bench_smoke_records_every_row(quick_bootstrap, tmp_path):
-    """``bench/oip.py --smoke``: native gRPC vs OIP gRPC (grpc.aio stub and tritonclient) for Classify and
-    Caption, p50, throughput at 4 and 64 clients and server CPU per call: sixteen rows. No timing assertions."""
+def test_doors_bench_smoke_records_every_row(quick_bootstrap, tmp_path):
+    """``bench/doors.py --smoke``: one server, one load-generator process per door; each of the four doors
+    (OIP gRPC with a grpc.aio stub and with tritonclient, OIP HTTP, native JSON over HTTP) against native
+    gRPC for Classify and Caption: p50, throughput at 4 and 64 clients, server CPU per call. 32 rows, the
+    HTTP ones with target "report". No timing assertions."""
     if importlib.util.find_spec("tritonclient") is None:  # not imported: see tests/oip_client.py
         pytest.skip("tritonclient is a test dependency (pyproject dev extra)")
     results = tmp_path / "rows.jsonl"
     env = {**os.environ, "PIXELRPC_BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "oip.py"), "--smoke", "--registry",
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "doors.py"), "--smoke", "--registry",
                            str(quick_bootstrap.registry.root)], capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    rows = results.read_text().splitlines()
-    assert len(rows) == 16, proc.stdout
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 32, proc.stdout
+    workloads = " ".join(r["workload"] for r in rows)
     for expected in ("Classify p50, 1 client, OIP gRPC (grpc.aio stub)", "Caption throughput, 64 clients",
-                     "OIP gRPC (tritonclient)", "server CPU per call, 64 clients"):
-        assert expected in " ".join(rows), expected
+                     "OIP gRPC (tritonclient.grpc.aio)", "OIP HTTP (tritonclient.http.aio", "native JSON over HTTP",
+                     "server CPU per call, 64 clients"):
+        assert expected in workloads, expected
+    assert {r["target"] for r in rows if "HTTP" in r["workload"]} == {"report"}
+    assert all(r["reference"].startswith("native gRPC") for r in rows)
