@@ -220,9 +220,26 @@ def build_squeezenet_features() -> torch.nn.Sequential:
     return build_squeezenet(1).features
 
 
+CHANNELS_LAST_DEVICES = ("cpu",)  # device types whose served networks keep weights channels-last
+
+
+def memory_format_for(device: str | torch.device) -> torch.memory_format:
+    """The layout a served network's weights take on ``device``.
+
+    Channels-last on CPU: oneDNN's NHWC convolutions run SqueezeNet 1.1 far faster than NCHW ones
+    (measured on the 2-core reference host, 2 torch threads: a 224 px forward 13.6 -> 5.1 ms, forward +
+    backward 22.9 -> 13.3 ms, the 512 px trunk 58 -> 22 ms), and an NCHW input needs no conversion:
+    the weights' layout picks the kernels. Other devices keep the default layout (not measured here).
+    Numbers differ from NCHW by float32 rounding only (about 1e-5 on the logits).
+    """
+    kind = torch.device(device).type
+    return torch.channels_last if kind in CHANNELS_LAST_DEVICES else torch.contiguous_format
+
+
 def _prepare(net: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
-    """Eval mode, on ``device``, parameters frozen: a shared model never accumulates .grad."""
-    net = net.to(device).eval()
+    """Eval mode, on ``device`` in its preferred layout (``memory_format_for``), parameters frozen:
+    a shared model never accumulates .grad."""
+    net = net.to(device).eval().to(memory_format=memory_format_for(device))
     for p in net.parameters():
         p.requires_grad_(False)
     return net

@@ -104,11 +104,31 @@ def test_torchvision_import_round_trips_logits(tmp_path, registry):
     assert len(loaded.features) == 13 and not loaded.net.training
     assert all(not p.requires_grad for p in loaded.net.parameters())
     x = loaded.preprocess([_random_image(80, 60, 1), _random_image(64, 64, 2)], size=64)  # (2, 3, 64, 64)
-    with torch.no_grad():
-        before, after = net(x), loaded(x)
+    with torch.no_grad():  # same weights, same layout (served: zoo.memory_format_for): the same bits
+        before, after = _served_layout(net)(x), loaded(x)
     assert after.shape == (2, 1000)
     assert torch.equal(before, after)
     assert loaded.embed(x).shape == (2, 512)
+
+
+def _served_layout(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` in the weight layout a CPU-served model keeps (channels-last: ``zoo.memory_format_for``)."""
+    return net.to(memory_format=zoo.memory_format_for("cpu"))
+
+
+def test_served_networks_keep_the_faster_layout_and_the_same_numbers(registry):
+    """CPU models are served channels-last (oneDNN's NHWC kernels: 2-3x faster for SqueezeNet here);
+    the outputs equal the NCHW network's within float32 rounding."""
+    net = zoo.build_squeezenet(4).eval()
+    zoo.publish_squeezenet(registry, "cl", net, class_names=list("abcd"), input_size=32)
+    loaded = ModelCache(registry).get("cl").model
+    assert zoo.memory_format_for("cpu") == torch.channels_last
+    conv = loaded.net.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-5)
+    assert zoo.memory_format_for("cuda") == torch.contiguous_format
 
 
 def test_torchvision_import_with_other_class_count(tmp_path, registry):
@@ -123,7 +143,7 @@ def test_torchvision_import_with_other_class_count(tmp_path, registry):
     assert loaded.class_names == names and manifest.metadata["num_classes"] == 5
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
-        assert torch.equal(net(x), loaded(x))
+        assert torch.equal(_served_layout(net)(x), loaded(x))
 
 
 def test_torchvision_import_rejects_other_files(tmp_path, registry):
@@ -169,7 +189,7 @@ def test_publish_trunk_only(registry):
     assert not loaded.has_classifier and loaded.net is loaded.features
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(loaded(x), trunk.eval()(x))
+        assert torch.equal(loaded(x), _served_layout(trunk.eval())(x))
 
 
 # ---------------------------------------------------------------------------- Caffe .mat trunk

@@ -143,8 +143,7 @@ def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
       step looks it up instead of multiplying;
     - ``out``: the product by ``[W_vocab | Wh]`` (H, V + G): one product of the new hidden state
       gives both this step's scores and the next step's recurrent term (``products``);
-    - ``proj``: the product by ``W_proj`` (D, H), ``first``: by ``Wh`` (H, G) alone, for the first
-      step's recurrent term (no scores are needed from h0); and ``b_vocab``, ``b_proj``.
+    - ``proj``: the product by ``W_proj`` (D, H); and ``b_vocab``, ``b_proj``.
     """
     cache = model.__dict__.setdefault("_decode_weights", {})
     key = _fingerprint(model.params)
@@ -154,8 +153,8 @@ def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
     p = {k: np.asarray(v, dtype=dtype) for k, v in model.params.items()}
     word_terms = invariant_product(p["Wx"])(p["W_embed"]) + p["b"]  # (V, G)
     out = invariant_product(np.concatenate([p["W_vocab"], p["Wh"]], axis=1))  # (H, V + G)
-    weights = (np.ascontiguousarray(word_terms), out, invariant_product(p["Wh"]), p["b_vocab"].copy(),
-               invariant_product(p["W_proj"]), p["b_proj"].copy())
+    weights = (np.ascontiguousarray(word_terms), out, p["b_vocab"].copy(), invariant_product(p["W_proj"]),
+               p["b_proj"].copy())
     cache[dtype.str] = (key, weights)
     return weights
 
@@ -188,7 +187,7 @@ class BatchDecoder:
         self.dtype = dtype
         self.max_length_limit = max_length_limit
         self.lstm = model.cell_type == "lstm"
-        self.word_terms, self.out, self.first, self.b_vocab, self.proj, self.b_proj = _decode_weights(model, dtype)
+        self.word_terms, self.out, self.b_vocab, self.proj, self.b_proj = _decode_weights(model, dtype)
         H, L = model.hidden_dim, max_length_limit
         self.V = len(self.b_vocab)
         self.h = np.zeros((0, H), dtype=dtype)  # (R, H)
@@ -248,7 +247,9 @@ class BatchDecoder:
         n = sum(counts)
         H, L = self.h.shape[1], self.max_length_limit
         h0 = self.proj(np.stack([x for _, x, _ in pending])) + self.b_proj  # (requests, H)
-        hWh0 = self.first(h0)  # (requests, G): h0 Wh (row-invariant like every product here)
+        # (requests, G): h0 Wh by the same product as every later step's (a separate Wh product would
+        # be a third of the work less, but its 4 MB of weights come cold from memory: measured slower)
+        hWh0 = self.out(h0)[:, self.V:]
         one_each = n == len(pending)  # one row per request (greedy and single-caption requests)
 
         def rows_of(x: np.ndarray) -> np.ndarray:
@@ -293,16 +294,9 @@ class BatchDecoder:
             h = np.tanh(a)
             c = self.c
         both = self.out(h)  # (R, V + G)
-        scores = np.ascontiguousarray(both[:, : self.V])  # rows contiguous, as _lse assumes
+        scores = np.ascontiguousarray(both[:, : self.V])  # rows contiguous: a row's sums read that row only
         scores += self.b_vocab
         return h, c, scores, both[:, self.V:]
-
-    @staticmethod
-    def _lse(scores: np.ndarray) -> np.ndarray:
-        """Log-sum-exp of each row (R,), float64; each row's sum reads that row only."""
-        m = scores.max(axis=1)  # (R,)
-        e = np.exp(scores - m[:, None])  # (R, V)
-        return m.astype(np.float64) + np.log(e.sum(axis=1).astype(np.float64))
 
     def step(self) -> list[TokenEvent]:
         """Advance every active request by one token; returns the tokens decided (greedy/sample)."""
@@ -312,9 +306,11 @@ class BatchDecoder:
         h, c, scores, hWh = self._forward()
         R = len(self.last)
         rows = np.arange(R)
-        lse = self._lse(scores)  # (R,)
         tok = scores.argmax(axis=1)  # (R,) greedy choices (first maximum, as np.argmax)
-        lp = scores[rows, tok].astype(np.float64) - lse  # (R,)
+        top = scores[rows, tok]  # (R,) each row's maximum
+        # log of sum(exp(s - max)) per row, float64; each row's sum reads that row only (C-ordered)
+        log_z = np.log(np.exp(scores - top[:, None]).sum(axis=1).astype(np.float64))
+        lp = -log_z  # (R,) log-probability of the argmax: s_tok - logsumexp(s), s_tok being the max
         pos = self.pos
         self.tok_hist[rows, pos] = tok
         self.lp_hist[rows, pos] = lp
@@ -346,7 +342,8 @@ class BatchDecoder:
                     parents.append(offset)
                     tokens.append(t)
             else:
-                logp = scores[offset: offset + k].astype(np.float64) - lse[offset: offset + k, None]  # (k, V)
+                lse = top[offset: offset + k].astype(np.float64) + log_z[offset: offset + k]  # (k,)
+                logp = scores[offset: offset + k].astype(np.float64) - lse[:, None]  # (k, V)
                 par, tk, ev = search.advance(logp)
                 parents.extend(offset + r for r in par)
                 tokens.extend(tk)

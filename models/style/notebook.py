@@ -14,6 +14,7 @@ comparable across weightings).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,13 +63,23 @@ class NotebookRun:
     final_loss: float  # the notebook's loss of the image the last step started from
 
 
+def notebook_trunk(model) -> torch.nn.Sequential:
+    """The trunk as the notebook holds it: weights in the default (NCHW) layout. A served model may
+    keep its weights channels-last (``zoo.memory_format_for``); the notebook's code (``view`` of the
+    features) and speed are those of NCHW, so the reference gets an NCHW copy."""
+    cnn = getattr(model, "features", model)
+    if all(p.is_contiguous() for p in cnn.parameters()):
+        return cnn
+    return copy.deepcopy(cnn).to(memory_format=torch.contiguous_format)
+
+
 def notebook_style_transfer(model, content: Image.Image, style: Image.Image, *, image_size: int, style_size: int,
                             content_layer: int, content_weight: float, style_layers: Sequence[int],
                             style_weights: Sequence[float], tv_weight: float, iterations: int = 200,
                             init_random: bool = False, decay_lr_at: int = 180) -> NotebookRun:
     """The notebook's ``style_transfer`` (200 iterations by default) on ``model``'s trunk."""
     start = time.perf_counter()
-    cnn = getattr(model, "features", model)
+    cnn = notebook_trunk(model)
     space = InputSpace.of(model)
 
     def extract_features(img_var):
@@ -116,12 +127,11 @@ def style_distance(model, image: Image.Image, style: Image.Image, style_size: in
     targets ``A_l`` are the style's Gram matrices. Unit-free (the same under any scaling of the
     features), float32, every module run as the notebook does. 0 is the style's own statistics.
     """
-    space = InputSpace.of(model)
+    space, cnn = InputSpace.of(model), notebook_trunk(model)
     z = pixels_to_reference(to_pixels(image, min(image.size)))  # (1, 3, H, W)
     with torch.no_grad():
-        feats = notebook_features(space.to_model(z), getattr(model, "features", model))
-        targets = notebook_features(space.to_model(pixels_to_reference(to_pixels(style, style_size))),
-                                    getattr(model, "features", model))
+        feats = notebook_features(space.to_model(z), cnn)
+        targets = notebook_features(space.to_model(pixels_to_reference(to_pixels(style, style_size))), cnn)
         out = [float(torch.linalg.norm(notebook_gram(feats[i]) - notebook_gram(targets[i]))
                      / torch.linalg.norm(notebook_gram(targets[i]))) for i in style_layers]
     return sum(out) / len(out)
