@@ -23,7 +23,7 @@ from pixelrpc.models.visualization.class_visualization import (
     ClassVisualizationProgress,
     class_visualization_steps,
 )
-from pixelrpc.models.visualization.classify import Prediction, class_label, classify
+from pixelrpc.models.visualization.classify import Prediction, class_label, class_scores, classify
 from pixelrpc.models.visualization.fooling import (
     FoolingProgress,
     FoolingResult,
@@ -54,6 +54,13 @@ def classify_images(model: ImageModel, images: list[Image.Image],
     """The top-k classes of each image (N lists of Predictions, most probable first)."""
     with torch.no_grad():
         return classify(model.preprocess(images), model, top_k=options.top_k)
+
+
+def class_probabilities(model: ImageModel, images: list[Image.Image]) -> np.ndarray:
+    """Every class's probability for each image: (N, K) float32 (the Open Inference Protocol's
+    PROBABILITIES; no per-class objects built for a 1000-class head)."""
+    with torch.no_grad():
+        return class_scores(model.preprocess(images), model)[1].cpu().numpy()
 
 
 # ---------------------------------------------------------------------- Saliency

@@ -214,11 +214,7 @@ class ClassifierAdapter(Adapter):
 
         from pixelrpc.models.imaging import check_geometry
         from pixelrpc.models.visualization import jobs
-        from pixelrpc.models.visualization.options import (
-            MAX_CLASSIFY_IMAGES,
-            ClassifyOptions,
-            SaliencyOptions,
-        )
+        from pixelrpc.models.visualization.options import MAX_CLASSIFY_IMAGES, SaliencyOptions
         from pixelrpc.v1 import visualization_pb2
 
         Params(req.parameters, set())
@@ -267,15 +263,9 @@ class ClassifierAdapter(Adapter):
                     raise InvalidInput(f"input TARGET_CLASS: class {t} is out of range, the model has "
                                        f"{model.num_classes} classes (0..{model.num_classes - 1})",
                                        field="inputs[TARGET_CLASS]")
-        classes = model.num_classes
-
         def work():  # the native Classify's and Saliency's domain calls, in one job slot
             images = decode()
-            predictions = jobs.classify_images(model, images, ClassifyOptions(top_k=classes))
-            probs = np.zeros((count, classes), dtype=np.float32)
-            for n, preds in enumerate(predictions):
-                for p in preds:
-                    probs[n, p.class_index] = p.probability
+            probs = jobs.class_probabilities(model, images)  # (N, K), the native Classify's numbers
             maps = None
             if "SALIENCY" in wanted:
                 maps = np.stack([jobs.saliency_map(model, image, SaliencyOptions(target_class=t), call.cancel).saliency
