@@ -45,6 +45,7 @@ from pixelrpc.v1 import (
 http = pytest.importorskip("tritonclient.http")
 pytestmark = pytest.mark.timeout(240)
 DOC = Path(__file__).resolve().parents[1] / "docs" / "http.md"
+README = DOC.parents[1] / "README.md"
 TOKEN = "s3cret-token"
 CLASSIFIER, CAPTIONER = "shapes-squeezenet", "shapes-captioner"
 
@@ -374,19 +375,21 @@ def test_token_guards_everything_but_health(guarded):
 
 
 # ---------------------------------------------------------------------------- docs/http.md examples
-def doc_blocks() -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(0)) for m in re.finditer(r"```sh\n(.*?)```", DOC.read_text(), re.S)]
+def doc_blocks(doc: Path = DOC) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(0)) for m in re.finditer(r"```sh\n(.*?)```", doc.read_text(), re.S)]
 
 
 def test_docs_have_runnable_examples():
     blocks = doc_blocks()
     assert len(blocks) >= 8 and all("# expect:" in b for b, _ in blocks)
+    readme = doc_blocks(README)  # the README's HTTP section: the same runner below
+    assert len(readme) >= 2 and all("# expect:" in b for b, _ in readme)
 
 
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
 def test_curl_examples_in_docs(served, guarded, styled, tmp_path):
     (tmp_path / "shapes.png").write_bytes(shapes_png())
-    for block, _ in doc_blocks():
+    for block, _ in doc_blocks() + doc_blocks(README):
         # 8083 is the style service's port (docs/http.md); 8081 and 8082 are both served by `served`
         target = guarded if "# server: token" in block else styled if "localhost:8083" in block else served
         script = re.sub(r"localhost:808[123]", target.http, block)
