@@ -7,7 +7,8 @@ the very same Fortran routines as C function pointers (its public ``__pyx_capi__
 through ``ctypes`` they run with the GIL released. Same library, same kernels, same bits: only
 who waits changes (tests/test_captioning_products.py compares both bitwise).
 
-``gemm_nogil(dtype)`` returns ``None`` where the table is missing (another scipy build), and the
+A ``Gemm`` keeps per-thread state (its integer boxes): one per thread (``TiledProduct`` keeps one in a
+``threading.local``). ``gemm_nogil(dtype)`` returns ``None`` where the table is missing (another scipy build), and the
 callers keep the f2py wrapper then.
 """
 
@@ -33,25 +34,38 @@ class Gemm:
     """``C (m, n) = A (m, k) @ B (k, n)``, all column-major (Fortran order), for one dtype.
 
     ``__call__(m, n, k, a, lda, b, ldb, c, ldc)`` takes sizes as Python ints and the three
-    matrices as data addresses; the integer arguments are passed by reference from small buffers
-    kept here, so a call allocates nothing. One ``Gemm`` per thread: the buffers are reused.
+    matrices as data addresses. The integer arguments go by reference to ``c_int`` objects kept
+    per value (a decoder uses a handful of sizes), the function has no ``argtypes`` (ctypes then
+    passes objects as they are): the call costs about what scipy's wrapper call costs (0.5 us).
     """
 
     def __init__(self, function, dtype: np.dtype):
         self.f = function
         scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-        self.alpha, self.beta = scalar(1.0), scalar(0.0)
-        self.ints = (ctypes.c_int * 6)()  # m, n, k, lda, ldb, ldc
-        base, size = ctypes.addressof(self.ints), ctypes.sizeof(ctypes.c_int)
-        self.addr = [base + i * size for i in range(6)]
-        self.no = ctypes.c_char_p(b"N")
-        self.alpha_p, self.beta_p = ctypes.addressof(self.alpha), ctypes.addressof(self.beta)
+        self._scalars = (scalar(1.0), scalar(0.0))  # kept alive: passed by reference
+        self.alpha, self.beta = (ctypes.byref(v) for v in self._scalars)
+        self._no = ctypes.c_char(b"N")
+        self.no = ctypes.byref(self._no)
+        self._ints: dict[int, tuple] = {}  # value -> (c_int, byref of it)
+
+    def _int(self, value: int):
+        hit = self._ints.get(value)
+        if hit is None:
+            box = ctypes.c_int(value)
+            hit = self._ints[value] = (box, ctypes.byref(box))
+        return hit[1]
 
     def __call__(self, m: int, n: int, k: int, a: int, lda: int, b: int, ldb: int, c: int, ldc: int) -> None:
-        ints, addr = self.ints, self.addr
-        ints[0], ints[1], ints[2], ints[3], ints[4], ints[5] = m, n, k, lda, ldb, ldc
-        self.f(self.no, self.no, addr[0], addr[1], addr[2], self.alpha_p, a, addr[3], b, addr[4],
-               self.beta_p, c, addr[5])
+        self.run(self.prepare(m, n, k, lda, b, ldb, ldc), a, c)
+
+    def prepare(self, m: int, n: int, k: int, lda: int, b: int, ldb: int, ldc: int) -> tuple:
+        """The arguments of a call whose A and C addresses are not known yet (``run``)."""
+        i = self._int
+        return (self.no, self.no, i(m), i(n), i(k), self.alpha), (i(lda), _P(b), i(ldb), self.beta), i(ldc)
+
+    def run(self, prepared: tuple, a: int, c: int) -> None:
+        head, middle, ldc = prepared
+        self.f(*head, _P(a), *middle, _P(c), ldc)
 
 
 def gemm_nogil(dtype) -> Gemm | None:
@@ -65,7 +79,7 @@ def gemm_nogil(dtype) -> Gemm | None:
             from scipy.linalg import cython_blas
 
             pointer = _capsule_pointer(cython_blas.__pyx_capi__[name])
-            _CACHE[name] = ctypes.CFUNCTYPE(None, *([_P] * 13))(pointer)  # CFUNCTYPE: releases the GIL
+            _CACHE[name] = ctypes.CFUNCTYPE(None)(pointer)  # CFUNCTYPE (not PYFUNCTYPE): releases the GIL
         except (ImportError, AttributeError, KeyError, ValueError):
             _CACHE[name] = None
     function = _CACHE[name]

@@ -127,11 +127,22 @@ class TiledProduct:
         self.gemm = _gemm_for(w.dtype)
         self._local = threading.local()  # one GIL-free gemm (argument buffers) per thread
 
-    def _nogil(self):
-        gemm = getattr(self._local, "gemm", False)
-        if gemm is False:
-            gemm = self._local.gemm = gemm_nogil(self.dtype) if self.release_gil else None
-        return gemm
+    def _plans(self):
+        """This thread's GIL-free gemm calls, prepared per tile size: {rows: [(args, j)]}, or None
+        where scipy exports no ``cython_blas`` (the f2py wrapper is used then)."""
+        plans = getattr(self._local, "plans", False)
+        if plans is False:
+            gemm = gemm_nogil(self.dtype) if self.release_gil else None
+            plans = None
+            if gemm is not None:
+                K, size, base = self.shape[0], self.dtype.itemsize, self.f.ctypes.data
+                # column j of F-ordered B starts j*K items in; of C, j*r items in
+                plans = {r: [(gemm.prepare(r, k - j, K, r, base + j * K * size, K, r), j * r * size)
+                             for j, k in self.blocks[t]]
+                         for t in self.blocks for r in range(1, t + 1) if r == t or r > t // 2}
+                self._local.gemm = gemm
+            self._local.plans = plans
+        return plans
 
     def _tile(self, a: np.ndarray) -> np.ndarray:
         """At most TILE_ROWS rows (r, K) -> (r, M), F-ordered, each block written in place.
@@ -141,16 +152,14 @@ class TiledProduct:
         r = a.shape[0]
         out = np.empty((r, self.shape[1]), dtype=self.dtype, order="F")
         tile = np.asfortranarray(a)
-        blocks = self.blocks[next(t for t in (1, 2, 4, TILE_ROWS) if t >= r)]
-        gemm = self._nogil()
-        if gemm is None:
-            for j, k in blocks:
+        plans = self._plans()
+        if plans is None:
+            for j, k in self.blocks[next(t for t in (1, 2, 4, TILE_ROWS) if t >= r)]:
                 self.gemm(1.0, tile, self.f[:, j:k], c=out[:, j:k], overwrite_c=True)
             return out
-        K, size = self.shape[0], self.dtype.itemsize
-        a_ptr, b_ptr, c_ptr = tile.ctypes.data, self.f.ctypes.data, out.ctypes.data
-        for j, k in blocks:  # column j of F-ordered B starts at j*K items, of C at j*r items
-            gemm(r, k - j, K, a_ptr, r, b_ptr + j * K * size, K, c_ptr + j * r * size, r)
+        run, a_ptr, c_ptr = self._local.gemm.run, tile.ctypes.data, out.ctypes.data
+        for prepared, offset in plans[r]:
+            run(prepared, a_ptr, c_ptr + offset)
         return out
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
