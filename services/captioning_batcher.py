@@ -14,7 +14,7 @@ Policy:
   ``max_pending``; beyond that a request is refused with RESOURCE_EXHAUSTED).
 - When the worker is idle and a request arrives, it waits up to ``max_delay_s`` for others
   (or until the batch is full) before the first step, if requests have been concurrent in the last
-  second (a lone caller does not wait); requests arriving while a batch runs join it at the next
+  ``concurrency_window_s`` (a lone caller does not wait); requests arriving while a batch runs join it at the next
   step without waiting.
 - While it has work the worker holds one job slot of the service's bounded executor, so the
   server's ``max_concurrency`` still bounds the CPU work. The service passes a slot acquire that
@@ -47,6 +47,7 @@ class BatchPolicy:
     max_batch_size: int = 32
     max_delay_s: float = 0.002
     max_pending: int = 512
+    concurrency_window_s: float = 0.1  # "concurrent lately": a step this recent decoded 2+ requests
 
 
 @dataclass
@@ -162,9 +163,10 @@ class ModelBatcher:
 
     async def _gather_first_batch(self) -> None:
         """Idle -> busy: give concurrent callers ``max_delay_s`` to arrive together, but only when
-        callers have been concurrent lately (a step of the last second decoded two or more requests):
+        callers have been concurrent lately (a step of the last ``concurrency_window_s`` decoded two or
+        more requests; 100 ms, so a lone caller after a burst stops waiting almost at once):
         a lone caller starts at once, and anyone arriving later joins at the next step anyway."""
-        if self._last_shared_step < time.monotonic() - 1.0:
+        if self._last_shared_step < time.monotonic() - self.policy.concurrency_window_s:
             return
         deadline = time.monotonic() + self.policy.max_delay_s
         while len(self.pending) < self.policy.max_batch_size:
