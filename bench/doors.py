@@ -219,7 +219,7 @@ async def p50(call, calls: int) -> dict:
         start = time.perf_counter()
         await call()
         times.append(time.perf_counter() - start)
-    return {"p50_ms": statistics.median(times) * 1000.0, "calls": calls, "times_ms": [t * 1000.0 for t in times]}
+    return {"calls": calls, "times_ms": [t * 1000.0 for t in times]}
 
 
 async def load(call, clients: int, seconds: float) -> dict:
@@ -368,9 +368,12 @@ def measure(doors: dict[str, Door], server_pid: int, workload: str, args) -> dic
 
 
 def med(answers: list[dict], key: str) -> float:
-    if key == "p50_ms":  # the median of every call's time, pooled over the slices
-        return statistics.median(t for a in answers for t in a["times_ms"])
     return statistics.median(a[key] for a in answers)
+
+
+def pooled_p50(answers: list[dict]) -> float:
+    """The median of every call's time (ms), pooled over the slices."""
+    return statistics.median(t for a in answers for t in a["times_ms"])
 
 
 def per_call_ms(answers: list[dict], key: str) -> float:
@@ -386,7 +389,7 @@ def report(workload: str, results: dict, args) -> None:
     for name, (label, _) in DOORS.items():
         if ("p50", name) not in results:
             continue
-        line = f"  {label:50} {med(results[('p50', name)], 'p50_ms'):5.2f} "
+        line = f"  {label:50} {pooled_p50(results[('p50', name)]):5.2f} "
         for c in args.clients:
             values = [a["throughput"] for a in results[(c, name)]]
             line += f"{statistics.median(values):7.1f} [{min(values):4.0f}-{max(values):4.0f}] "
@@ -402,7 +405,7 @@ def report(workload: str, results: dict, args) -> None:
         if name == n or ("p50", name) not in results:
             continue
         target = TARGETS[family]
-        a, b = med(results[("p50", n)], "p50_ms"), med(results[("p50", name)], "p50_ms")
+        a, b = pooled_p50(results[("p50", n)]), pooled_p50(results[("p50", name)])
         record(f"{workload} p50, 1 client, {label}{where}", DOORS[n][0], a, b, "ms", b / a, target["p50"])
         for c in args.clients:
             a, b = med(results[(c, n)], "throughput"), med(results[(c, name)], "throughput")

@@ -127,6 +127,10 @@ class TiledProduct:
         self.gemm = _gemm_for(w.dtype)
         self._local = threading.local()  # one GIL-free gemm (argument buffers) per thread
 
+    def _blocks_for(self, r: int) -> list[tuple[int, int]]:
+        """The column blocks of an r-row tile: those of the smallest tiling (1, 2, 4, 8) that holds it."""
+        return self.blocks[next(t for t in self.blocks if t >= r)]
+
     def _plans(self):
         """This thread's GIL-free gemm calls, prepared per tile size: {rows: [(args, j)]}, or None
         where scipy exports no ``cython_blas`` (the f2py wrapper is used then)."""
@@ -138,8 +142,8 @@ class TiledProduct:
                 K, size, base = self.shape[0], self.dtype.itemsize, self.f.ctypes.data
                 # column j of F-ordered B starts j*K items in; of C, j*r items in
                 plans = {r: [(gemm.prepare(r, k - j, K, r, base + j * K * size, K, r), j * r * size)
-                             for j, k in self.blocks[t]]
-                         for t in self.blocks for r in range(1, t + 1) if r == t or r > t // 2}
+                             for j, k in self._blocks_for(r)]
+                         for r in range(1, TILE_ROWS + 1)}
                 self._local.gemm = gemm
             self._local.plans = plans
         return plans
@@ -154,7 +158,7 @@ class TiledProduct:
         tile = np.asfortranarray(a)
         plans = self._plans()
         if plans is None:
-            for j, k in self.blocks[next(t for t in (1, 2, 4, TILE_ROWS) if t >= r)]:
+            for j, k in self._blocks_for(r):
                 self.gemm(1.0, tile, self.f[:, j:k], c=out[:, j:k], overwrite_c=True)
             return out
         run, a_ptr, c_ptr = self._local.gemm.run, tile.ctypes.data, out.ctypes.data

@@ -58,9 +58,9 @@ def classify_images(model: ImageModel, images: list[Image.Image],
 
 def class_probabilities(model: ImageModel, images: list[Image.Image]) -> np.ndarray:
     """Every class's probability for each image: (N, K) float32 (the Open Inference Protocol's
-    PROBABILITIES; no per-class objects built for a 1000-class head)."""
-    with torch.no_grad():
-        return class_scores(model.preprocess(images), model)[1].cpu().numpy()
+    PROBABILITIES; no per-class objects built for a 1000-class head). ``class_scores`` runs without
+    autograd."""
+    return class_scores(model.preprocess(images), model)[1].cpu().numpy()
 
 
 # ---------------------------------------------------------------------- Saliency
