@@ -42,6 +42,7 @@ import textwrap  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from procfs import cpu_seconds  # noqa: E402
 from results import record  # noqa: E402
 
 N, T, D, W, H, V = 50, 16, 512, 256, 512, 1004
@@ -217,12 +218,6 @@ async def _latency(address: str, seconds: float) -> float:
         return statistics.median(times) * 1000
 
 
-def process_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def grpc_rows(model, registry_dir: str, clients: int, seconds: float, threads: int, repeats: int) -> None:
     env = {**os.environ, "PIXELRPC_DEVICE": "cpu", "OPENBLAS_NUM_THREADS": str(threads),
            "OMP_NUM_THREADS": str(threads)}
@@ -240,7 +235,7 @@ def grpc_rows(model, registry_dir: str, clients: int, seconds: float, threads: i
         refs, rates, cpus, ref_one, p50s = [], [], [], [], []
         for _ in range(max(1, repeats // 2 + 1)):  # reference, load, reference, load, ...
             refs.append(clients / statistics.median(timed(plain_sample, p, batch, LENGTH) for _ in range(3)))
-            rate, cpu = asyncio.run(_load(address, clients, seconds, lambda: process_cpu_seconds(proc.pid)))
+            rate, cpu = asyncio.run(_load(address, clients, seconds, lambda: cpu_seconds(proc.pid)))
             rates.append(rate)
             cpus.append(cpu)
             ref_one.append(statistics.median(timed(plain_sample, p, one, LENGTH) for _ in range(5)) * 1000)

@@ -49,6 +49,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from procfs import cpu_seconds
 from results import REPORT, record
 
 DOORS = {  # door -> (its label in the rows, family for the targets)
@@ -258,12 +259,6 @@ def door(args) -> None:
 
 
 # ====================================================================== the orchestrator
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads) so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy_seconds() -> float:
     """CPU time every process of the machine has used so far, all CPUs (user, nice, system, irq, softirq)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]

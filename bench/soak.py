@@ -33,6 +33,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from procfs import status_kib
 
 CAPTION, VISUALIZATION = "captioning", "visualization"
 CALL_TIMEOUT = 30.0
@@ -70,19 +71,6 @@ def percentiles(ms: list[float]) -> str:
         return "p50     -   p99     -"
     p50, p99 = np.percentile(ms, [50, 99])
     return f"p50 {p50:5.0f}   p99 {p99:5.0f}"
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) in KiB; empty when the process is gone."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return out
 
 
 def scenes(n: int) -> list[bytes]:
@@ -209,7 +197,7 @@ async def soak(args, suite, registry_root: Path) -> dict:
             parts.append(f"{name[:3]}: {n:5d} req ({n / span:6.1f}/s, total {tally.requests}) {percentiles(ms)} ms "
                          f"errors {dict(errors) if errors else 0}")
         for name, pid in pids.items():
-            status = proc_status(pid)
+            status = status_kib(pid)
             peak[name] = max(peak[name], status.get("VmHWM", 0), status.get("VmRSS", 0))
             parts.append(f"rss[{name[:3]}] {status.get('VmRSS', 0) / 1024:6.0f} MiB")
         print(" | ".join(parts), flush=True)
@@ -229,7 +217,7 @@ async def soak(args, suite, registry_root: Path) -> dict:
     await cap_channel.close()
     await vis_channel.close()
     for name, pid in pids.items():
-        peak[name] = max(peak[name], proc_status(pid).get("VmHWM", 0))
+        peak[name] = max(peak[name], status_kib(pid).get("VmHWM", 0))
     failures = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
     return {"tallies": tallies, "elapsed": elapsed, "peak_kib": peak, "client_failures": failures}
 

@@ -33,18 +33,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from procfs import rss_mib
 from results import record
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data" / "cs231n"
 MODEL = "squeezenet1_1-caffe"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def pixelrpc_run(model, content, style, preset, **overrides):

@@ -46,6 +46,17 @@ class PixelRPCError(Exception):
         self.message = message
         self.violations: list[FieldViolation] = list(violations or [])
 
+    def __reduce__(self):
+        """Pickled whole (message and field violations): errors cross the caption decoding worker's
+        process boundary (``services/decode_worker.py``)."""
+        return _rebuild_error, (type(self), self.message, self.violations)
+
+
+def _rebuild_error(cls: type, message: str, violations: list[FieldViolation]) -> PixelRPCError:
+    exc = cls.__new__(cls)
+    PixelRPCError.__init__(exc, message, violations=violations)
+    return exc
+
 
 class InvalidInput(PixelRPCError):
     """The caller sent something malformed or out of range (INVALID_ARGUMENT)."""
@@ -75,6 +86,11 @@ class RegistryUnavailable(PixelRPCError):
 
     Models already loaded keep serving; the server recovers without a restart when the folder returns.
     """
+
+
+class WorkerLost(PixelRPCError):
+    """A worker process of the server (caption decoding) exited mid-job (UNAVAILABLE): retry; the
+    server starts a new one on the next call."""
 
 
 class Overloaded(PixelRPCError):

@@ -39,6 +39,7 @@ from pixelrpc.models.registry import LoadedModel
 from pixelrpc.services import tracing
 from pixelrpc.services.captioning_batcher import BatchPolicy, ModelBatcher
 from pixelrpc.services.convert import tensor_to_numpy
+from pixelrpc.services.decode_worker import ENGINES, DecodeEngine
 from pixelrpc.services.errors import rich_status, status_code_for
 from pixelrpc.services.runtime import Call, ImageAdmission, ServiceContext, rpc
 from pixelrpc.services.streaming import Lane
@@ -59,6 +60,7 @@ DEFAULT_BEAM_WIDTH = 3
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_BATCH_DELAY_MS = 2.0
 BATCHERS_KEY = "captioning_batchers"
+ENGINE_KEY = "captioning_decode_engine"
 _STRATEGIES = {pb.DECODING_STRATEGY_UNSPECIFIED: "greedy", pb.DECODING_STRATEGY_GREEDY: "greedy",
                pb.DECODING_STRATEGY_BEAM: "beam", pb.DECODING_STRATEGY_SAMPLE: "sample"}
 _STRATEGY_PB = {"greedy": pb.DECODING_STRATEGY_GREEDY, "beam": pb.DECODING_STRATEGY_BEAM,
@@ -122,10 +124,24 @@ def error_pb(exc: BaseException, request_id: str) -> status_pb2.Status:
     return rich_status(code, message, exc, request_id)
 
 
+def decode_engine_of(ctx: ServiceContext) -> DecodeEngine:
+    """The service's decoding loop (setting ``caption_decode``: a worker process or a thread), one per
+    service context, stopped with its jobs."""
+    engine = ctx.state.get(ENGINE_KEY)
+    if engine is None:
+        mode = ctx.settings.caption_decode
+        if mode not in ENGINES:
+            raise ValueError(f"caption_decode={mode!r}: expected one of {', '.join(ENGINES)}")
+        engine = ctx.state[ENGINE_KEY] = ENGINES[mode]()
+        ctx.jobs.on_shutdown.append(engine.close)
+    return engine
+
+
 class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
         self.batchers: dict[tuple, ModelBatcher] = ctx.state.setdefault(BATCHERS_KEY, {})
+        self.engine = decode_engine_of(ctx)
         ctx.pending_sources.append(lambda: sum(len(b.pending) for b in list(self.batchers.values())))
 
     # ------------------------------------------------------------------ planning
@@ -202,7 +218,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
             # (reacquire) and is never refused, whatever the queue holds.
             on_batch, on_inferences = self.ctx.metrics.batch_observer(self.ctx.name, loaded.manifest.ref)
             batcher = ModelBatcher(
-                loaded.model, policy=policy, dtype=self.decode_dtype(loaded), executor=jobs.executor, acquire_slot=jobs.reacquire,
+                loaded.model, policy=policy, dtype=self.decode_dtype(loaded), engine=self.engine, acquire_slot=jobs.reacquire,
                 release_slot=jobs.release, max_length_limit=MAX_LENGTH_LIMIT,
                 observe_batch=on_batch, count_inferences=on_inferences)
             self.batchers[key] = batcher
@@ -213,6 +229,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
         for key, batcher in list(self.batchers.items()):
             if key[3] not in loaded and batcher.idle:
                 del self.batchers[key]
+                batcher.close()
 
     async def events(self, plan: CaptionPlan, call: Call, want_tokens: bool,
                      run=None) -> AsyncIterator[TokenEvent | Finished]:

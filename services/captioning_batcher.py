@@ -1,33 +1,36 @@
 """Dynamic batching of caption decoding: concurrent requests for one model share every step.
 
-One ``ModelBatcher`` per loaded captioner owns a ``BatchDecoder`` (see
-``pixelrpc.models.captioning.decoding``) and a worker task on the server's event loop. The worker
-admits waiting requests between two decoding steps (iteration-level batching, as in Orca, Yu et al.,
-OSDI 2022), runs steps for every active request in the job executor (several in one executor call
-while nobody streams tokens, nobody finishes, nobody waits to join and nobody is cancelled), and
-hands each request its tokens and, at the end, its captions with the time of the steps it took part
-in (``Finished.compute_ms``, reported as the call's ``compute_ms``).
+One ``ModelBatcher`` per loaded captioner, on the server's event loop, feeds the service's decoding
+loop (``models/captioning/stepping.py``'s ``DecodeLoop``, in a worker process or a thread:
+``services/decode_worker.py``). The loop admits requests between two decoding steps
+(iteration-level batching, as in Orca, Yu et al., OSDI 2022) and never waits for the event loop:
+the batcher sends it admissions and drops as they happen, and its reports (requests admitted, token
+events, finished captions, expired deadlines) come back to ``on_report``, which hands each request
+its tokens and, at the end, its captions with the time of the steps it took part in
+(``Finished.compute_ms``, reported as the call's ``compute_ms``).
 
 Policy:
 
 - ``max_batch_size`` requests are decoded together at most; the rest wait (at most
   ``max_pending``; beyond that a request is refused with RESOURCE_EXHAUSTED).
-- When the worker is idle and a request arrives, it waits up to ``max_delay_s`` for others
-  (or until the batch is full) before the first step, if requests have been concurrent in the last
-  ``concurrency_window_s`` (a lone caller does not wait); requests arriving while a batch runs join it at the next
-  step without waiting.
-- While it has work the worker holds one job slot of the service's bounded executor, so the
-  server's ``max_concurrency`` still bounds the CPU work. The service passes a slot acquire that
-  waits in line and never refuses (``JobRunner.reacquire``): the requests were admitted already, and
-  a full queue must make them wait, not fail every pending request at once.
+- When the loop is idle and a request arrives, the batcher waits up to ``max_delay_s`` for others
+  (or until the batch is full) before sending it, if requests have been concurrent in the last
+  ``concurrency_window_s`` (a lone caller does not wait); requests arriving while a batch runs join
+  it at the next step without waiting.
+- While it has work the batcher holds one job slot of the service's bounded executor, so the
+  server's ``max_concurrency`` still bounds the work. The service passes a slot acquire that waits
+  in line and never refuses (``JobRunner.reacquire``): the requests were admitted already, and a
+  full queue must make them wait, not fail every pending request at once.
 
 A request's result never depends on its batch, bitwise (see ``BatchDecoder``): rows get the same
-arithmetic whatever the batch and each sampled caption has its own generator. A cancelled call, or one whose deadline passed, leaves the batch at the next step.
+arithmetic whatever the batch and each sampled caption has its own generator. A cancelled call
+leaves the batch at the next step; one whose deadline passes, at the next step of the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -36,7 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pixelrpc.models.captioning.decoding import BatchDecoder, DecodeOptions, Finished, TokenEvent
+from pixelrpc.models.captioning.decoding import DecodeOptions, Finished, TokenEvent
+from pixelrpc.models.captioning.stepping import Report, Update
 from pixelrpc.models.errors import Cancelled, CancelToken, DeadlineExceeded, Overloaded, PixelRPCError
 
 log = logging.getLogger("pixelrpc.captioning.batcher")
@@ -58,17 +62,6 @@ class BatcherStats:
     batch_sizes: dict[int, int] = field(default_factory=dict)  # requests per step -> number of steps
 
 
-@dataclass
-class StepOutcome:
-    admitted: list
-    rejected: list
-    batch: int  # requests decoded in this step
-    events: list[TokenEvent]
-    finished: dict  # handle -> captions
-    seconds: float = 0.0  # how long the steps took
-    steps: int = 1  # decoding steps run (all with the same requests)
-
-
 @dataclass(eq=False)
 class _Request:
     features: np.ndarray  # (D,)
@@ -86,24 +79,23 @@ class _Request:
 class ModelBatcher:
     """Batches the decoding requests of one captioner."""
 
-    def __init__(self, model, *, policy: BatchPolicy, executor, acquire_slot: Callable | None = None,
+    def __init__(self, model, *, policy: BatchPolicy, engine, acquire_slot: Callable | None = None,
                  release_slot: Callable | None = None, observe_batch: Callable[[int], None] | None = None,
                  count_inferences: Callable[[int], None] | None = None, max_length_limit: int = 100, dtype=None):
         self.model = model
-        self.dtype = dtype
         self.policy = policy
-        self.executor = executor
+        self.engine = engine  # a DecodeEngine (services/decode_worker.py)
+        self.key = engine.register(self, model, dtype, max_length_limit)
         self._acquire_slot, self._release_slot = acquire_slot, release_slot
         # Metrics: observe_batch(size) once per batch (a run of decoding steps over the same
         # requests, Triton's model execution), count_inferences(n) per finished request.
         self._observe, self._count = observe_batch, count_inferences
         self._new_batch = True  # the next step's requests differ from the last step's
         self.max_length_limit = max_length_limit
-        # Built in the executor on the first step: preparing the weights (and, once per weight shape,
-        # measuring the BLAS's row padding) takes long enough to stall the event loop.
-        self.decoder: BatchDecoder | None = None
-        self.pending: deque[_Request] = deque()
-        self.active: dict[int, _Request] = {}
+        self.pending: deque[_Request] = deque()  # waiting to be sent to the loop
+        self.sent: dict[int, list[_Request]] = {}  # admissions sent, not yet reported: seq -> requests
+        self.active: dict[int, _Request] = {}  # handle -> request, in the loop's batch
+        self._seq = itertools.count()
         self.stats = BatcherStats()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -112,7 +104,7 @@ class ModelBatcher:
     # ------------------------------------------------------------------ callers
     @property
     def idle(self) -> bool:
-        return not self.pending and not self.active
+        return not self.pending and not self.active and not self.sent
 
     def _enqueue(self, request: _Request) -> None:
         if len(self.pending) >= self.policy.max_pending:
@@ -153,13 +145,12 @@ class ModelBatcher:
         finally:
             self._leave(request)
 
-    # ------------------------------------------------------------------ worker
+    # ------------------------------------------------------------------ feeding the loop
     def _kick(self) -> None:
-        if self._wake is None:
-            self._wake = asyncio.Event()
-        self._wake.set()
         if self._worker is None or self._worker.done():
+            self._wake = asyncio.Event()  # of this task's event loop
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="caption-batcher")
+        self._wake.set()
 
     async def _gather_first_batch(self) -> None:
         """Idle -> busy: give concurrent callers ``max_delay_s`` to arrive together, but only when
@@ -180,11 +171,11 @@ class ModelBatcher:
                 return
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Send admissions and drops while there is work; reports arrive in ``on_report``."""
         holding_slot = False
         try:
-            while self.pending or self.active:
-                if not self.active:
+            while self.pending or self.active or self.sent:
+                if not self.active and not self.sent:
                     await self._gather_first_batch()
                 if not holding_slot and self._acquire_slot is not None:
                     try:
@@ -193,43 +184,39 @@ class ModelBatcher:
                         self._fail_pending(exc)
                         continue
                     holding_slot = True
-                admit, drop = self._plan_step()
-                if not admit and not self.active and not drop:
-                    continue
-                try:
+                self._wake.clear()
+                admit, drop = self._plan()
+                if admit or drop:
+                    seq = next(self._seq)
+                    if admit:
+                        self.sent[seq] = admit
+                    message = Update(self.key, seq, [(r.features, r.options, r.want_tokens, r.cancel.deadline)
+                                                     for r in admit], drop)
                     try:
-                        outcome = await loop.run_in_executor(self.executor, self._step, admit, drop)
-                    except RuntimeError as exc:  # the executor was shut down: the server is stopping
-                        if "shutdown" not in str(exc):
-                            raise
-                        raise Cancelled("the server stopped before the caption was decoded") from None
-                except Exception as exc:  # noqa: BLE001 - a decoding bug fails the batch, not the server
-                    if not isinstance(exc, PixelRPCError):  # e.g. FailedPrecondition: a model that cannot decode
-                        log.exception("caption decoding step failed; failing %d requests",
-                                      len(self.active) + len(admit))
-                    for request in admit:
-                        self._finish(request, exc)
-                    self._fail_all(exc)
+                        self.engine.update(message)
+                    except PixelRPCError as exc:  # the loop is gone (WorkerLost): these fail with the rest
+                        self._fail_all(exc)
                     continue
-                self._deliver(outcome)
+                if self.pending or self.active or self.sent:
+                    await self._wake.wait()  # a report, an arrival or a departure
         finally:
             if holding_slot and self._release_slot is not None:
                 self._release_slot()
-            if self.pending or self.active:  # cancelled while busy (server stopping)
+            if self.pending or self.active or self.sent:  # cancelled while busy (server stopping)
                 self._fail_all(Cancelled("the server stopped before the caption was decoded"))
 
-    def _plan_step(self) -> tuple[list[_Request], list[_Request]]:
+    def _plan(self) -> tuple[list[_Request], list[int]]:
         """Which waiting requests join now, which active ones leave (cancelled or expired)."""
         drop = []
-        for request in list(self.active.values()):
+        for handle, request in list(self.active.items()):
             error = self._stop_reason(request)
             if error is not None:
-                drop.append(request)
-                del self.active[request.handle]
+                drop.append(handle)
+                del self.active[handle]
                 self._finish(request, error)
                 self._new_batch = True
         admit = []
-        room = self.policy.max_batch_size - len(self.active)
+        room = self.policy.max_batch_size - len(self.active) - sum(len(r) for r in self.sent.values())
         while self.pending and len(admit) < room:
             request = self.pending.popleft()
             error = self._stop_reason(request)
@@ -249,71 +236,72 @@ class ModelBatcher:
             return exc
         return None
 
-    def _step(self, admit: list[_Request], drop: list[_Request]):
-        """In the executor: drop, admit, advance. Only this thread touches the decoder.
-
-        It keeps stepping, without a round trip through the event loop, while there is nothing to
-        hand over: it returns as soon as a step produced tokens someone streams or finished a
-        request, a request waits to join, or an active one was cancelled or ran out of time.
-        """
-        start = time.perf_counter()
-        if self.decoder is None:
-            self.decoder = BatchDecoder(self.model, max_length_limit=self.max_length_limit, dtype=self.dtype)
-        for request in drop:
-            self.decoder.cancel(request.handle)
-        admitted, rejected = [], []
-        for request in admit:
-            try:
-                request.handle = self.decoder.add(request.features, request.options, events=request.want_tokens)
-                admitted.append(request)
-            except PixelRPCError as exc:
-                rejected.append((request, exc))
-        batch = len(self.decoder.active)
-        events, finished, steps = [], {}, 0
-        active = [*self.active.values(), *admitted]
-        while batch:
-            events = self.decoder.step()
-            steps += 1
-            finished = self.decoder.pop_finished()
-            if (events or finished or self.pending or steps >= self.MAX_STEPS_PER_HOP
-                    or any(self._stop_reason(r) is not None for r in active)):
-                break
-        return StepOutcome(admitted, rejected, batch, events, finished, time.perf_counter() - start, steps)
-
-    MAX_STEPS_PER_HOP = 128
-
-    def _deliver(self, outcome: StepOutcome) -> None:
-        """On the event loop: hand every request what this step produced for it."""
-        for request, exc in outcome.rejected:
-            self._finish(request, exc)
-        for request in outcome.admitted:
-            self.active[request.handle] = request
+    # ------------------------------------------------------------------ reports (on the event loop)
+    def on_report(self, report: Report) -> None:
+        """Hand every request what the loop did for it."""
+        for seq, i, exc in report.rejected:
+            self._finish(self.sent[seq][i], exc)
+        for seq, i, handle in report.admitted:
+            request = self.sent[seq][i]
+            request.handle = handle
+            self.active[handle] = request
+        for seq in {seq for seq, _, _ in (*report.rejected, *report.admitted)}:
+            self.sent.pop(seq, None)
+        if report.admitted:
+            self._new_batch = True
         for request in self.active.values():
-            request.compute_s += outcome.seconds
-        if outcome.batch > 1:
-            self._last_shared_step = time.monotonic()
-        if outcome.batch:
-            self.stats.steps += outcome.steps
-            self.stats.max_batch = max(self.stats.max_batch, outcome.batch)
-            self.stats.batch_sizes[outcome.batch] = self.stats.batch_sizes.get(outcome.batch, 0) + outcome.steps
-            if outcome.admitted:
+            request.compute_s += report.seconds
+        for handle in report.expired:
+            request = self.active.pop(handle, None)
+            if request is not None:
+                self._finish(request, DeadlineExceeded("the call's deadline passed before the caption was decoded"))
                 self._new_batch = True
+        if report.steps:
+            if report.batch > 1:
+                self._last_shared_step = time.monotonic()
+            self.stats.steps += report.steps
+            self.stats.max_batch = max(self.stats.max_batch, report.batch)
+            self.stats.batch_sizes[report.batch] = self.stats.batch_sizes.get(report.batch, 0) + report.steps
             if self._new_batch and self._observe is not None:
-                self._observe(outcome.batch)  # once per batch, not per decoding step
+                self._observe(report.batch)  # once per batch, not per decoding step
             self._new_batch = False
-        for event in outcome.events:
+        for event in report.events:
             request = self.active.get(event.request)
             if request is not None and request.want_tokens and not request.gone:  # stream() requests only
                 request.queue.put_nowait(event)
-        for handle, captions in outcome.finished.items():
+        for handle, captions in report.finished.items():
             request = self.active.pop(handle, None)
             if request is not None:
                 self.stats.requests += 1
                 self._finish(request, Finished(captions, compute_ms=request.compute_s * 1000.0))
-        if outcome.finished:
+        if report.finished:
             self._new_batch = True
             if self._count is not None:
-                self._count(len(outcome.finished))
+                self._count(len(report.finished))
+        if report.failed is not None:
+            exc = report.failed
+            if not isinstance(exc, PixelRPCError):  # a decoding bug fails the batch, not the server
+                log.error("caption decoding failed; failing %d requests: %r",
+                          len(self.active) + sum(len(r) for r in self.sent.values()), exc)
+            self._fail_all(exc)
+        if self.pending or not (self.active or self.sent):  # room freed, or nothing left: the job slot goes
+            self._kick()  # (arrivals and departures kick by themselves)
+
+    def on_lost(self, exc: BaseException) -> None:
+        """The decoding loop is gone (its process exited): everything sent to it fails."""
+        for requests in self.sent.values():
+            for request in requests:
+                self._finish(request, exc)
+        self.sent.clear()
+        for request in self.active.values():
+            self._finish(request, exc)
+        self.active.clear()
+        self._new_batch = True
+        self._kick()  # the batcher's task sends what waits, or ends and gives its job slot back
+
+    def close(self) -> None:
+        """The model was unloaded: the loop forgets its decoder."""
+        self.engine.forget(self.key)
 
     @staticmethod
     def _finish(request: _Request, item) -> None:
@@ -332,8 +320,4 @@ class ModelBatcher:
 
     def _fail_all(self, exc: BaseException) -> None:
         self._fail_pending(exc)
-        for request in self.active.values():
-            self._finish(request, exc)
-        self.active.clear()
-        self._new_batch = True
-        self.decoder = None  # a fresh one on the next step
+        self.on_lost(exc)

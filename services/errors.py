@@ -29,6 +29,7 @@ STATUS_FOR_ERROR: dict[type[E.PixelRPCError], grpc.StatusCode] = {
     E.ModelCorrupt: grpc.StatusCode.DATA_LOSS,
     E.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     E.RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
+    E.WorkerLost: grpc.StatusCode.UNAVAILABLE,
     E.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     E.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     E.RegistryConflict: grpc.StatusCode.ALREADY_EXISTS,

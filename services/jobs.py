@@ -54,6 +54,7 @@ class JobRunner:
         self.running = 0
         self.parked = 0  # streaming jobs that gave their slot back while they wait for their client
         self.rejoining = 0  # admitted jobs waiting to take a slot again (not counted against queue_depth)
+        self.on_shutdown: list[Callable[[], None]] = []  # e.g. stopping the caption decoding process
 
     def _sem(self) -> asyncio.Semaphore:
         if self._semaphore is None:
@@ -93,6 +94,8 @@ class JobRunner:
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.control.shutdown(wait=False, cancel_futures=True)
+        for stop in self.on_shutdown:
+            stop()
 
     # ---- streams: slots of jobs already admitted (services/streaming.py)
     async def reacquire(self) -> float:

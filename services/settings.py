@@ -115,6 +115,11 @@ class Settings:
     #: `from_env(service=...)` takes the service's default (8081 / 8082 / 8083) unless
     #: `PIXELRPC_HTTP_PORT` or `pixelrpc serve --http-port` sets it.
     http_port: int = -1
+    #: Seconds the HTTP port keeps an idle connection open. Longer than clients' own keep-alive
+    #: (aiohttp and tritonclient.http: 15 s) and load balancers' idle timeouts (60 s), so the client
+    #: side closes first: with uvicorn's 5 s default, a client could reuse a connection the server was
+    #: closing and see "server disconnected". nginx's default, too.
+    http_keep_alive_seconds: float = 75.0
     #: Serve TLS with this certificate (PEM path); needs `tls_key`. Empty: plaintext.
     tls_cert: str = ""
     #: The TLS certificate's private key (PEM path).
@@ -142,6 +147,11 @@ class Settings:
     #: Dynamic batching: milliseconds a batch waits for more requests; -1 (or 0): the manifest's
     #: `serving.max_batch_delay_ms`, else the service's default. Above 0, it overrides the manifest.
     max_batch_delay_ms: float = -1.0
+    #: Where caption decoding steps run: `process`, a worker process of the service's own (numpy and
+    #: the captioners, no torch), so that decoding and the event loop do not take turns on one GIL
+    #: (64 clients on 2 cores: see bench/README.md); `thread`, the job executor of the server process.
+    #: Both give the same captions, bitwise.
+    caption_decode: str = "process"
     #: Caption decoding dtype, `float32` or `float64`; empty: the manifest's `serving.decode_dtype`,
     #: else the model's own dtype. Decoding is batch-invariant in both.
     decode_dtype: str = ""

@@ -83,6 +83,18 @@ def server(models):
         yield handle
 
 
+@pytest.fixture(scope="module")
+def thread_server(models):
+    """Decoding in a thread of the server process, where tests can slow the steps down
+    (``slow_steps`` patches this process; the decoding process is a fresh interpreter)."""
+    from pixelrpc.services.testing import running_server
+
+    settings = Settings(max_batch_size=64, max_batch_delay_ms=30.0, max_concurrency=2, queue_depth=16,
+                        worker_threads=2, caption_decode="thread")
+    with torch_threads(1), running_server(["captioning"], settings, registry=models["registry"]) as handle:
+        yield handle
+
+
 @pytest.fixture
 def client(server):
     with CaptioningClient(server.address, timeout=30) as c:
@@ -264,8 +276,10 @@ def steps_so_far(server, name: str) -> int:
     return batchers[0].stats.steps if batchers else 0
 
 
-def test_client_cancel_stops_the_work(client, server, slow_steps):
+def test_client_cancel_stops_the_work(thread_server, slow_steps):
+    server = thread_server
     before = steps_so_far(server, "endless")
+    client = CaptioningClient(server.address, timeout=30)
     stream = client.stream_caption(np.ones(D, np.float32), model="endless", max_length=100)
     for _ in range(3):
         assert isinstance(next(stream), TokenUpdate)
@@ -278,10 +292,12 @@ def test_client_cancel_stops_the_work(client, server, slow_steps):
     steps = batcher.stats.steps
     time.sleep(0.2)
     assert batcher.stats.steps == steps < before + 30  # nothing runs any more, long before 100 steps
+    client.close()
 
 
-def test_deadline_stops_the_work(client, server, slow_steps):
-    with pytest.raises(RpcError) as err:
+def test_deadline_stops_the_work(thread_server, slow_steps):
+    server = thread_server
+    with CaptioningClient(server.address, timeout=30) as client, pytest.raises(RpcError) as err:
         client.caption(np.ones(D, np.float32), model="endless", max_length=100, timeout=0.3)
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     batcher = batcher_of(server, "endless")
@@ -292,20 +308,13 @@ def test_deadline_stops_the_work(client, server, slow_steps):
 
 
 SERVER_SCRIPT = textwrap.dedent("""
-    import asyncio, sys, time
-    from pixelrpc.models.captioning import decoding
+    import asyncio, sys
     from pixelrpc.services.server import create_server, serve_until_signal
     from pixelrpc.services.settings import Settings
 
-    real = decoding.BatchDecoder.step
-    def slow(self):
-        time.sleep(0.03)
-        return real(self)
-    decoding.BatchDecoder.step = slow
-
     async def main():
         settings = Settings.from_env(port=0, registry=sys.argv[1], metrics_port=0, shutdown_delay=0.5,
-                                     shutdown_grace=20.0)
+                                     shutdown_grace=20.0, caption_decode=sys.argv[2])
         server, port = await create_server(["captioning"], settings)
         await server.start()
         print(f"PORT {port}", flush=True)
@@ -314,11 +323,32 @@ SERVER_SCRIPT = textwrap.dedent("""
     sys.exit(asyncio.run(main()))
 """)
 
+# Imported by every Python process that has its folder on PYTHONPATH, the decoding process that the
+# server spawns included (a patch made in the server process would not reach a fresh interpreter).
+SLOW_STEPS = textwrap.dedent("""
+    import time
+    from pixelrpc.models.captioning import decoding
+    real = decoding.BatchDecoder.step
+    def slow(self):
+        time.sleep(0.03)
+        return real(self)
+    decoding.BatchDecoder.step = slow
+""")
 
-def test_sigterm_drains_an_open_stream(models):
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(models["registry"].root)],
+
+def slow_server_env(tmp_path) -> dict:
+    (tmp_path / "sitecustomize.py").write_text(SLOW_STEPS)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PIXELRPC_DEVICE": "cpu", "PYTHONPATH": path}
+
+
+@pytest.mark.parametrize("decode_in", ["thread", "process"])
+def test_sigterm_drains_an_open_stream(models, tmp_path, decode_in):
+    """SIGTERM to the server's whole process group (as a terminal's Ctrl-C or a supervisor does): the
+    open stream runs to its end, its decoding process included (it left the group)."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(models["registry"].root), decode_in],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PIXELRPC_DEVICE": "cpu"})
+                            env=slow_server_env(tmp_path), start_new_session=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("PORT "), line + proc.stderr.read()
@@ -326,8 +356,8 @@ def test_sigterm_drains_an_open_stream(models):
             stream = c.stream_caption(np.ones(D, np.float32), model="endless", max_length=40)
             first = next(stream)
             assert isinstance(first, TokenUpdate)
-            threading.Timer(0.1, proc.send_signal, (signal.SIGTERM,)).start()
-            rest = list(stream)  # the open stream runs to its end
+            threading.Timer(0.1, os.killpg, (proc.pid, signal.SIGTERM)).start()
+            rest = list(stream)  # the open stream runs to its end (40 steps of 30 ms: well after the signal)
         assert isinstance(rest[-1], CaptionOutput) and len(rest[-1].captions[0].tokens) == 40
         assert len(rest) == 40  # 39 more tokens and the caption
         assert proc.wait(20) == 0
@@ -379,3 +409,4 @@ def test_cli_captions_files_in_one_stream(server, models, tmp_path):
     result = runner.invoke(cli, ["caption", str(tmp_path / "pic.png"), str(tmp_path / "one.npy"),
                                  "--model", "img-captioner", "--addr", server.address])
     assert result.exit_code != 0 and "1 of 2 inputs failed" in result.output
+

@@ -4,7 +4,6 @@ executions, the pending-queue gauge, process metrics and no ``_created`` series.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from prometheus_client import generate_latest
@@ -13,6 +12,7 @@ from registry_helpers import FEATURES, caption_request, publish_captioner, tiny_
 from pixelrpc.models.captioning.decoding import DecodeOptions
 from pixelrpc.models.errors import CancelToken
 from pixelrpc.services.captioning_batcher import BatchPolicy, ModelBatcher
+from pixelrpc.services.decode_worker import ThreadEngine
 from pixelrpc.services.settings import Settings
 from pixelrpc.services.testing import running_server
 from pixelrpc.v1 import captioning_pb2_grpc
@@ -29,9 +29,10 @@ def _decode_all(batcher: ModelBatcher, features: list[np.ndarray], options: Deco
 
 def test_batch_size_is_observed_once_per_batch_not_per_step():
     batches, inferences = [], []
-    with ThreadPoolExecutor(1) as executor:
+    engine = ThreadEngine()
+    try:
         batcher = ModelBatcher(tiny_captioner(), policy=BatchPolicy(max_batch_size=8, max_delay_s=0.0),
-                               executor=executor, observe_batch=batches.append, count_inferences=inferences.append)
+                               engine=engine, observe_batch=batches.append, count_inferences=inferences.append)
         options = DecodeOptions(strategy="greedy", max_length=6)
         _decode_all(batcher, [FEATURES[0]], options)
         assert batcher.stats.steps > 1  # several decoding steps ...
@@ -40,6 +41,8 @@ def test_batch_size_is_observed_once_per_batch_not_per_step():
         inferences.clear()
         steps_before = batcher.stats.steps
         _decode_all(batcher, FEATURES, options)  # three requests arriving together
+    finally:
+        engine.close()
     assert sum(inferences) == 3
     assert 1 <= len(batches) <= 3 and batches[0] == 3, batches  # a new batch only when its requests change
     assert len(batches) < batcher.stats.steps - steps_before

@@ -95,6 +95,11 @@ class CaptioningRNN:
     ``b`` (H,) or (4H,), ``W_vocab`` (H, V), ``b_vocab`` (V,).
     """
 
+    def __getstate__(self) -> dict:
+        """Pickled (to the caption decoding process) without caches built from the weights: the
+        decoding layout holds BLAS function objects and is rebuilt where it is used."""
+        return {k: v for k, v in self.__dict__.items() if k != "_decode_weights"}
+
     def __init__(self, word_to_idx: dict[str, int], input_dim: int = 512, wordvec_dim: int = 128,
                  hidden_dim: int = 128, cell_type: str = "rnn", dtype=np.float32, *,
                  seed: int | None = None):

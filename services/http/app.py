@@ -96,6 +96,7 @@ class HttpFront:
                 ssl.update(ssl_ca_certs=s.tls_client_ca, ssl_cert_reqs=ssl_module.CERT_REQUIRED)
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=max(0.1, s.shutdown_grace), server_header=False,
+                                timeout_keep_alive=max(1, int(s.http_keep_alive_seconds)),
                                 **ssl)
         self._uvicorn = _LoopServer(config)
         self._task = asyncio.get_running_loop().create_task(self._uvicorn.serve(sockets=[sock]), name="pixelrpc-http")
