@@ -49,6 +49,12 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of ``pid`` alone (all its threads, no children)."""
+    f = _stat(pid)
+    return (int(f[11]) + int(f[12])) / _TICK
+
+
 def status_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS), in KiB, summed over ``pid`` and its descendants; empty when gone."""
     out: dict[str, int] = {}

@@ -14,9 +14,9 @@ stub processes do. The price: the worker's memory (numpy and the captioners' wei
 pickled request and report per admission and per step with something to say, and the model sent
 over a pipe once (about 10 MB for the CS231n captioner; a few milliseconds of the event loop).
 
-The process is spawned (forking a process that runs grpc is unsafe) at the first caption, with the
-server's environment (``OPENBLAS_NUM_THREADS``). Its reports come back to a reader on the event loop,
-with no thread in between. A worker that dies fails the requests it had with ``WorkerLost``
+The process (``python -m pixelrpc.services.decode_worker``) starts at the first caption, with the
+server's environment (``OPENBLAS_NUM_THREADS``), in a session of its own. Its reports come back to a
+reader on the event loop, with no thread in between. A worker that dies fails the requests it had with ``WorkerLost``
 (``UNAVAILABLE``, retry); the next request starts a new one.
 """
 
@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing
-import os
 import queue
+import socket
+import subprocess
+import sys
 import threading
+from multiprocessing.connection import Connection
 from typing import Protocol
 
 from pixelrpc.models.captioning.stepping import EMPTY, STOP, DecodeLoop, Forget, Load, Report, Update
@@ -47,11 +49,10 @@ class Listener(Protocol):
 def _serve(conn) -> None:
     """The worker process: a ``DecodeLoop`` over the pipe; returns when the server closes its end.
 
-    It leaves the server's process group first, so that a signal sent to the group (Ctrl-C in a
+    It runs in a session of its own, so that a signal sent to the server's process group (Ctrl-C in a
     terminal, a supervisor's stop) reaches the server alone, which drains its calls while this
-    process still decodes them; it ends when the server closes the pipe or exits.
+    process still decodes them; it ends when the server closes its end or exits.
     """
-    os.setsid()
 
     def receive(block: bool):
         try:
@@ -156,15 +157,17 @@ class ThreadEngine(DecodeEngine):
 
 
 class ProcessEngine(DecodeEngine):
-    """The loop in a worker process of its own (``caption_decode=process``)."""
+    """The loop in a worker process of its own (``caption_decode=process``): ``python -m
+    pixelrpc.services.decode_worker FD``, a fresh interpreter (not a fork of the server, which runs
+    grpc's threads; not multiprocessing's spawn, which would re-run the server's main script) in a
+    session of its own, talking over a socket pair."""
 
     kind = "process"
 
     def __init__(self):
         super().__init__()
-        self._context = multiprocessing.get_context("spawn")
-        self._process = None
-        self._conn = None
+        self._process: subprocess.Popen | None = None
+        self._conn: Connection | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -178,15 +181,16 @@ class ProcessEngine(DecodeEngine):
                 loop.add_reader(self._conn.fileno(), self._on_readable)
                 self._reader_loop = loop
             return
-        ours, theirs = self._context.Pipe()
-        process = self._context.Process(target=_serve, args=(theirs,), name="pixelrpc-decode", daemon=True)
-        process.start()
-        theirs.close()
-        self._process, self._conn = process, ours
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        self._conn = Connection(ours.detach())
         self._loaded.clear()
-        loop.add_reader(ours.fileno(), self._on_readable)
+        loop.add_reader(self._conn.fileno(), self._on_readable)
         self._reader_loop = loop
-        log.info("caption decoding process started (pid %d)", process.pid)
+        log.info("caption decoding process started (pid %d)", self._process.pid)
 
     def _on_readable(self) -> None:
         conn = self._conn
@@ -219,8 +223,13 @@ class ProcessEngine(DecodeEngine):
             if loop is not None and not loop.is_closed():
                 loop.remove_reader(conn.fileno())
             conn.close()
-        if process is not None and process.is_alive():
-            process.terminate()
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            try:
+                process.wait(timeout=5)  # reaped (at once: killed, or gone already)
+            except subprocess.TimeoutExpired:
+                log.warning("the caption decoding process (pid %d) did not exit", process.pid)
 
     def close(self) -> None:
         self.closed = True
@@ -228,3 +237,7 @@ class ProcessEngine(DecodeEngine):
 
 
 ENGINES = {engine.kind: engine for engine in (ProcessEngine, ThreadEngine)}
+
+
+if __name__ == "__main__":  # the worker process (ProcessEngine): python -m pixelrpc.services.decode_worker FD
+    _serve(Connection(int(sys.argv[1])))

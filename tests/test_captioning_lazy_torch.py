@@ -1,8 +1,9 @@
 """A captioning server that serves feature vectors only never imports torch (issue 11, target 8).
 
 torch is imported when a captioner's image encoder is loaded (``models.captioning.features``), not by
-the server, the settings (device detection, torch threads) or the decoder. The subprocess reports its
-resident memory once idle after a request; the test prints it (no memory assertion: it depends on the
+the server, the settings (device detection, torch threads) or the decoder, nor in the decoding
+process (``caption_decode=process``). The subprocess reports its resident memory and its decoding
+process's once idle after a request; the test prints them (no memory assertion: they depend on the
 machine and the libraries' versions).
 """
 
@@ -35,7 +36,11 @@ SERVER = textwrap.dedent("""
             out = await client.caption(np.zeros(16, np.float32), model="tiny", max_length=5)
         await asyncio.sleep(0.5)
         rss = [line for line in open("/proc/self/status") if line.startswith("VmRSS")][0].split()[1]
-        print("CAPTION", len(out.captions), "TORCH", "torch" in sys.modules, "RSS_KIB", rss, flush=True)
+        worker = server.contexts["captioning"].state["captioning_decode_engine"].pid
+        worker_rss = [line for line in open(f"/proc/{worker}/status") if line.startswith("VmRSS")][0].split()[1]
+        worker_torch = "libtorch" in open(f"/proc/{worker}/maps").read()
+        print("CAPTION", len(out.captions), "TORCH", "torch" in sys.modules, "RSS_KIB", rss,
+              "WORKER_TORCH", worker_torch, "WORKER_RSS_KIB", worker_rss, flush=True)
         await server.stop(0)
 
     asyncio.run(main())
@@ -51,4 +56,6 @@ def test_a_feature_vector_captioning_server_does_not_import_torch(tmp_path):
     fields = line.split()
     assert fields[1] == "1"
     assert fields[3] == "False", "the captioning server imported torch while serving feature vectors"
-    print(f"idle RSS of a feature-vector captioning server: {int(fields[5]) / 1024:.0f} MiB")
+    assert fields[7] == "False", "the caption decoding process loaded torch"
+    print(f"idle RSS of a feature-vector captioning server: {int(fields[5]) / 1024:.0f} MiB, "
+          f"its decoding process {int(fields[9]) / 1024:.0f} MiB")
