@@ -147,10 +147,10 @@ class Settings:
     #: Dynamic batching: milliseconds a batch waits for more requests; -1 (or 0): the manifest's
     #: `serving.max_batch_delay_ms`, else the service's default. Above 0, it overrides the manifest.
     max_batch_delay_ms: float = -1.0
-    #: Where caption decoding steps run: `process`, a worker process of the service's own (numpy and
-    #: the captioners, no torch), so that decoding and the event loop do not take turns on one GIL
-    #: (64 clients on 2 cores: see bench/README.md); `thread`, the job executor of the server process.
-    #: Both give the same captions, bitwise.
+    #: Where caption decoding runs: `process`, a worker process of the service's own (numpy and the
+    #: captioners, no torch, about 60 MiB), so that decoding and the event loop do not take turns on
+    #: one GIL (64 clients on 2 cores: 1.25x the captions/s of `thread`); `thread`, a thread of the
+    #: server process (a lone caller after an idle spell: about 1 ms sooner). The same captions, bitwise.
     caption_decode: str = "process"
     #: Caption decoding dtype, `float32` or `float64`; empty: the manifest's `serving.decode_dtype`,
     #: else the model's own dtype. Decoding is batch-invariant in both.
