@@ -5,7 +5,8 @@ its HTTP port, as ``pixelrpc serve all`` runs them; CPU, ``--threads`` torch thr
 256) and one load-generator process per door (``--role door``), all run the same way: one asyncio
 event loop, one client object of that door, N coroutines calling it back to back. This process only
 orchestrates (stdlib only): it sends each door a command on its stdin, reads the answer, and reads
-the server's and the door's CPU time from /proc around each command. The doors:
+the server's and the door's CPU time (with their child processes: bench/procfs.py) from /proc
+around each command. The doors:
 
 - ``native``: native gRPC, PixelRPC's async client (``AsyncVisualizationClient`` / ``AsyncCaptioningClient``);
 - ``oip-stub``: OIP gRPC, a plain grpc.aio stub of Triton's generated messages (the same kind of
