@@ -3,7 +3,8 @@
 For each service: start ``pixelrpc serve <service>`` alone (one torch thread), time it from exec to
 its health name turning SERVING (model load, golden check and warm-up, ``PIXELRPC_REQUIRE_MODELS``),
 sample RSS idle, then drive it with ``--clients`` closed-loop clients for ``--seconds`` and report
-requests/s, server CPU seconds per request (from /proc) and peak RSS under load.
+requests/s, server CPU seconds per request (from /proc) and peak RSS under load, both with the
+server's child processes (the captioning decoding process; ``bench/procfs.py``).
 
     flock /tmp/bench.lock .venv/bin/python scripts/measure_footprint.py --registry /work/quick-registry
 """
@@ -25,30 +26,18 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from procfs import cpu_seconds, rss_mib  # noqa: E402 - a server's CPU and RSS with its child processes
+
 FULL = {"captioning": "pixelrpc.v1.CaptioningService", "visualization": "pixelrpc.v1.VisualizationService",
         "style": "pixelrpc.v1.StyleTransferService"}
 PRELOAD = {"captioning": "shapes-captioner", "visualization": "shapes-squeezenet", "style": "shapes-squeezenet"}
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def png(side: int, seed: int) -> bytes:
