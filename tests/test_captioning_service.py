@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from conftest import torch_threads
 from PIL import Image
 from registry_helpers import publish_tiny_encoder
+from slow_decoding import slow_steps_pythonpath
 
 from pixelrpc.clients.captioning import CaptioningClient, CaptionOutput, TokenUpdate, build_job
 from pixelrpc.clients.errors import RpcError
@@ -323,23 +324,9 @@ SERVER_SCRIPT = textwrap.dedent("""
     sys.exit(asyncio.run(main()))
 """)
 
-# Imported by every Python process that has its folder on PYTHONPATH, the decoding process that the
-# server spawns included (a patch made in the server process would not reach a fresh interpreter).
-SLOW_STEPS = textwrap.dedent("""
-    import time
-    from pixelrpc.models.captioning import decoding
-    real = decoding.BatchDecoder.step
-    def slow(self):
-        time.sleep(0.03)
-        return real(self)
-    decoding.BatchDecoder.step = slow
-""")
-
-
 def slow_server_env(tmp_path) -> dict:
-    (tmp_path / "sitecustomize.py").write_text(SLOW_STEPS)
-    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PIXELRPC_DEVICE": "cpu", "PYTHONPATH": path}
+    """The server and its decoding process take 30 ms more per step."""
+    return {**os.environ, "PIXELRPC_DEVICE": "cpu", "PYTHONPATH": slow_steps_pythonpath(tmp_path, 0.03)}
 
 
 @pytest.mark.parametrize("decode_in", ["thread", "process"])

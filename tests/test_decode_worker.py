@@ -12,12 +12,12 @@ import asyncio
 import os
 import queue
 import signal
-import textwrap
 import time
 
 import numpy as np
 import pytest
 from registry_helpers import tiny_captioner
+from slow_decoding import slow_steps_pythonpath
 
 from pixelrpc.models.captioning import stepping
 from pixelrpc.models.captioning.decoding import DecodeOptions, decode
@@ -89,26 +89,13 @@ def test_a_bad_request_fails_alone(engine):
     assert bad.violations and bad.violations[0].field  # crossed the process boundary whole
 
 
-# Imported first by the worker process when its folder is on PYTHONPATH: 20 ms per decoding step.
-SLOW_STEPS = textwrap.dedent("""
-    import time
-    from pixelrpc.models.captioning import decoding
-    real = decoding.BatchDecoder.step
-    def slow(self):
-        time.sleep(0.02)
-        return real(self)
-    decoding.BatchDecoder.step = slow
-""")
-
-
 @pytest.fixture
 def slow_engine(request, tmp_path, monkeypatch):
     """An engine whose steps take 20 ms more: patched here for a thread, through the worker
     interpreter's ``sitecustomize`` for a process."""
     kind = request.param
     if kind == "process":
-        (tmp_path / "sitecustomize.py").write_text(SLOW_STEPS)
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
+        monkeypatch.setenv("PYTHONPATH", slow_steps_pythonpath(tmp_path, 0.02))
     else:
         from pixelrpc.models.captioning import decoding
 
