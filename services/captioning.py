@@ -33,7 +33,7 @@ from pixelrpc.models.captioning.decoding import (
     decode_steps,
 )
 from pixelrpc.models.captioning.features import embed_images, load_pinned_encoder
-from pixelrpc.models.errors import FailedPrecondition, InvalidInput, PixelRPCError, clip
+from pixelrpc.models.errors import CancelToken, FailedPrecondition, InvalidInput, PixelRPCError, clip
 from pixelrpc.models.options import resolve_seed
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.services import tracing
@@ -124,6 +124,40 @@ def error_pb(exc: BaseException, request_id: str) -> status_pb2.Status:
     return rich_status(code, message, exc, request_id)
 
 
+def batcher_for(ctx: ServiceContext, loaded: LoadedModel) -> ModelBatcher | None:
+    """The model's batcher (one per service context and loaded model), or None when batching is off
+    (max_batch_size 1)."""
+    size = int(ctx.serving_config(loaded, "max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+    if size <= 1:
+        return None
+    batchers: dict[tuple, ModelBatcher] = ctx.state.setdefault(BATCHERS_KEY, {})
+    key = (loaded.manifest.name, loaded.manifest.version, loaded.manifest.sha256, id(loaded.model))
+    batcher = batchers.get(key)
+    if batcher is None:
+        live = {id(m.model) for m in ctx.cache.loaded()}
+        for old, unused in list(batchers.items()):  # models unloaded since: their decoders go
+            if old[3] not in live and unused.idle:
+                del batchers[old]
+                unused.close()
+        delay_ms = float(ctx.serving_config(loaded, "max_batch_delay_ms", DEFAULT_MAX_BATCH_DELAY_MS))
+        policy = BatchPolicy(max_batch_size=size, max_delay_s=max(0.0, delay_ms) / 1000.0,
+                             max_pending=max(1, ctx.settings.queue_depth) * size)
+        # The batcher serves requests that were admitted already: it waits for its job slot in line
+        # (reacquire) and is never refused, whatever the queue holds.
+        on_batch, on_inferences = ctx.metrics.batch_observer(ctx.name, loaded.manifest.ref)
+        batcher = batchers[key] = ModelBatcher(
+            loaded.model, policy=policy, dtype=decode_dtype_of(ctx, loaded), engine=decode_engine_of(ctx), acquire_slot=ctx.jobs.reacquire,
+            release_slot=ctx.jobs.release, max_length_limit=MAX_LENGTH_LIMIT,
+            observe_batch=on_batch, count_inferences=on_inferences)
+    return batcher
+
+
+def decode_dtype_of(ctx: ServiceContext, loaded: LoadedModel) -> str | None:
+    """The decoding dtype: setting ``decode_dtype`` > manifest ``serving.decode_dtype`` > the model's
+    own (float32 for trained captioners). Both float32 and float64 are batch-invariant."""
+    return loaded.serving.decode_dtype_for(ctx.settings.decode_dtype or "", loaded.manifest.ref)
+
+
 def decode_engine_of(ctx: ServiceContext) -> DecodeEngine:
     """The service's decoding loop (setting ``caption_decode``: a worker process or a thread), one per
     service context, stopped with its jobs."""
@@ -141,7 +175,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
         self.batchers: dict[tuple, ModelBatcher] = ctx.state.setdefault(BATCHERS_KEY, {})
-        self.engine = decode_engine_of(ctx)
+        decode_engine_of(ctx)  # an unknown caption_decode fails when the server starts
         ctx.pending_sources.append(lambda: sum(len(b.pending) for b in list(self.batchers.values())))
 
     # ------------------------------------------------------------------ planning
@@ -203,33 +237,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
     # ------------------------------------------------------------------ decoding
     def batcher_for(self, loaded: LoadedModel) -> ModelBatcher | None:
         """The model's batcher, or None when batching is off (max_batch_size 1)."""
-        size = int(self.ctx.serving_config(loaded, "max_batch_size", DEFAULT_MAX_BATCH_SIZE))
-        if size <= 1:
-            return None
-        key = (loaded.manifest.name, loaded.manifest.version, loaded.manifest.sha256, id(loaded.model))
-        batcher = self.batchers.get(key)
-        if batcher is None:
-            self._forget_unloaded()
-            delay_ms = float(self.ctx.serving_config(loaded, "max_batch_delay_ms", DEFAULT_MAX_BATCH_DELAY_MS))
-            jobs = self.ctx.jobs
-            policy = BatchPolicy(max_batch_size=size, max_delay_s=max(0.0, delay_ms) / 1000.0,
-                                 max_pending=max(1, self.ctx.settings.queue_depth) * size)
-            # The worker serves requests that were admitted already: it waits for its slot in line
-            # (reacquire) and is never refused, whatever the queue holds.
-            on_batch, on_inferences = self.ctx.metrics.batch_observer(self.ctx.name, loaded.manifest.ref)
-            batcher = ModelBatcher(
-                loaded.model, policy=policy, dtype=self.decode_dtype(loaded), engine=self.engine, acquire_slot=jobs.reacquire,
-                release_slot=jobs.release, max_length_limit=MAX_LENGTH_LIMIT,
-                observe_batch=on_batch, count_inferences=on_inferences)
-            self.batchers[key] = batcher
-        return batcher
-
-    def _forget_unloaded(self) -> None:
-        loaded = {id(m.model) for m in self.ctx.cache.loaded()}
-        for key, batcher in list(self.batchers.items()):
-            if key[3] not in loaded and batcher.idle:
-                del self.batchers[key]
-                batcher.close()
+        return batcher_for(self.ctx, loaded)
 
     async def events(self, plan: CaptionPlan, call: Call, want_tokens: bool,
                      run=None) -> AsyncIterator[TokenEvent | Finished]:
@@ -254,10 +262,7 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
             yield Finished(captions)
 
     def decode_dtype(self, loaded: LoadedModel) -> str | None:
-        """The decoding dtype: setting ``decode_dtype`` > manifest ``serving.decode_dtype`` > the model's
-        own (float32 for trained captioners). Both float32 and float64 are batch-invariant."""
-        return loaded.serving.decode_dtype_for(getattr(self.ctx.settings, "decode_dtype", "") or "",
-                                               loaded.manifest.ref)
+        return decode_dtype_of(self.ctx, loaded)
 
     async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
         plan = await self.plan(job, call, run)
@@ -385,11 +390,22 @@ def add_to_server(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     pb_grpc.add_CaptioningServiceServicer_to_server(CaptioningServicer(ctx), server)
 
 
+async def warmup_async(ctx: ServiceContext, loaded: LoadedModel) -> None:
+    """Decode one caption through the model's batcher: the decoding process is started and given the
+    model (its weights prepared, its products probed) before the service reports SERVING."""
+    model = loaded.model
+    if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
+        return
+    batcher = batcher_for(ctx, loaded)
+    if batcher is not None:
+        await batcher.decode(np.zeros(model.input_dim, np.float32), DecodeOptions(max_length=2), CancelToken())
+
+
 def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
     """Decode one caption so the first request does not pay for lazy initialisation (the decoding
     layout of the weights, the BLAS row padding of their shapes)."""
     model = loaded.model
     if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
         return
-    dtype = loaded.serving.decode_dtype_for(ctx.settings.decode_dtype, loaded.manifest.ref)
+    dtype = decode_dtype_of(ctx, loaded)
     decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2), dtype=dtype)

@@ -156,6 +156,7 @@ class PixelServer:
                 for svc, ctx in self.contexts.items():
                     loaded = await loop.run_in_executor(ctx.jobs.control, ctx.cache.get, name, version)
                     await loop.run_in_executor(ctx.jobs.control, self._warm, svc, loaded)
+                    await self._warm_async(svc, loaded)
                     log.info("preloaded %s for %s in %.2fs", loaded.manifest.ref, svc, loaded.load_seconds)
             except PixelRPCError as exc:
                 failures.append(f"{label}: {exc.message}")
@@ -177,13 +178,21 @@ class PixelServer:
         if isinstance(pin, dict) and pin.get("name"):
             ctx.cache.get(str(pin["name"]), int(pin.get("version") or 0))
 
-    def _load_default(self, svc: str) -> str:
-        """Load and warm the model ``svc`` answers requests naming none with; returns its ref."""
+    async def _warm_async(self, svc: str, loaded) -> None:
+        """The event loop's side of a warm-up (its module's ``warmup_async``: the captioning
+        decoding process started and given the model)."""
+        ctx = self.contexts[svc]
+        warmup = getattr(self.modules.get(svc), "warmup_async", None)
+        if warmup is not None and set(loaded.manifest.tasks) & set(ctx.tasks):
+            await warmup(ctx, loaded)
+
+    def _load_default(self, svc: str):
+        """Load and warm the model ``svc`` answers requests naming none with; returns it."""
         ctx = self.contexts[svc]
         name, _reason = ctx.choose_default(ctx.tasks[0], SERVICES[svc].default_models)
         loaded = ctx.cache.get(name, 0)
         self._warm(svc, loaded)
-        return loaded.manifest.ref
+        return loaded
 
     async def _make_ready(self, svc: str) -> bool:
         """Set ``svc``'s readiness: at once, or once its default model is loaded (``require_models``)."""
@@ -195,8 +204,9 @@ class PixelServer:
             loop = asyncio.get_running_loop()
             ctx = self.contexts[svc]
             try:
-                ref = await loop.run_in_executor(ctx.jobs.control, self._load_default, svc)
-                log.info("%s is ready: %s loaded and warmed", full, ref)
+                loaded = await loop.run_in_executor(ctx.jobs.control, self._load_default, svc)
+                await self._warm_async(svc, loaded)
+                log.info("%s is ready: %s loaded and warmed", full, loaded.manifest.ref)
             except Exception as exc:  # noqa: BLE001 - stay NOT_SERVING and retry
                 ready = False
                 reason = exc.message if isinstance(exc, PixelRPCError) else f"{type(exc).__name__}: {exc}"

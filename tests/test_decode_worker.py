@@ -268,3 +268,19 @@ def test_a_model_that_cannot_decode_is_refused_with_its_reason(engine):
     (error,) = asyncio.run(main())
     assert type(error).__name__ == "FailedPrecondition" and "END" in str(error)
     assert not isinstance(error, Cancelled)
+
+
+def test_preload_starts_the_decoding_process_before_the_service_is_ready(registry):
+    from registry_helpers import publish_captioner
+
+    from pixelrpc.services.captioning import ENGINE_KEY
+    from pixelrpc.services.settings import Settings
+    from pixelrpc.services.testing import running_server
+
+    publish_captioner(registry, "tiny-captioner")
+    settings = Settings(shutdown_delay=0.0, torch_threads=1, device="cpu", preload="tiny-captioner")
+    with running_server(["captioning"], settings, registry=registry) as srv:
+        engine = srv.ctx.state[ENGINE_KEY]
+        assert engine.kind == "process" and engine.pid is not None
+        assert os.path.exists(f"/proc/{engine.pid}")  # started and given the model during warm-up
+    assert engine.pid is None  # stopped with the server
