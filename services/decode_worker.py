@@ -104,8 +104,13 @@ class DecodeEngine:
     def _dispatch(self, report: Report) -> None:
         """On the event loop: hand a report to its batcher."""
         entry = self.listeners.get(report.key)
-        if entry is not None:
+        if entry is None:
+            return
+        try:
             entry[0].on_report(report)
+        except Exception as exc:  # noqa: BLE001 - a bug here must fail its requests, not leave them waiting
+            log.exception("handing over a decoding report failed; failing that captioner's requests")
+            entry[0].on_lost(exc)
 
     def _lose_all(self, exc: BaseException) -> None:
         self._loaded.clear()

@@ -284,3 +284,12 @@ def test_preload_starts_the_decoding_process_before_the_service_is_ready(registr
         assert engine.kind == "process" and engine.pid is not None
         assert os.path.exists(f"/proc/{engine.pid}")  # started and given the model during warm-up
     assert engine.pid is None  # stopped with the server
+
+
+def test_an_update_for_a_captioner_never_loaded_fails_it_and_the_loop_goes_on():
+    model = tiny_captioner()
+    x = features(1, model.input_dim)[0]
+    reports = run_loop([stepping.Update(7, 0, [(x, OPTIONS[0], False, None)], []),
+                        stepping.Load(0, model, None, 100), stepping.Update(0, 1, [(x, OPTIONS[0], False, None)], [])])
+    assert reports[0].key == 7 and isinstance(reports[0].failed, KeyError)
+    assert reports[-1].key == 0 and reports[-1].finished[0][0].tokens == decode(model, x, OPTIONS[0])[0].tokens

@@ -94,7 +94,13 @@ class DecodeLoop:
             while message is not EMPTY:
                 if message == STOP:
                     return
-                self.apply(message)
+                try:
+                    self.apply(message)
+                except Exception as exc:  # noqa: BLE001 - a bad message fails its captioner, not the loop
+                    key = getattr(message, "key", None)
+                    if key is None:
+                        raise
+                    self._fail(key, exc)
                 message = self.receive(False)
             for key in list(self.decoders):
                 self.step(key)
