@@ -241,10 +241,12 @@ class ModelBatcher:
         """Hand every request what the loop did for it."""
         for seq, i, exc in report.rejected:
             self._finish(self.sent[seq][i], exc)
+        left_meanwhile = False  # admitted after its caller went away: dropped at once
         for seq, i, handle in report.admitted:
             request = self.sent[seq][i]
             request.handle = handle
             self.active[handle] = request
+            left_meanwhile = left_meanwhile or request.gone or request.cancel.cancelled
         for seq in {seq for seq, _, _ in (*report.rejected, *report.admitted)}:
             self.sent.pop(seq, None)
         if report.admitted:
@@ -284,8 +286,8 @@ class ModelBatcher:
                 log.error("caption decoding failed; failing %d requests: %r",
                           len(self.active) + sum(len(r) for r in self.sent.values()), exc)
             self._fail_all(exc)
-        if self.pending or not (self.active or self.sent):  # room freed, or nothing left: the job slot goes
-            self._kick()  # (arrivals and departures kick by themselves)
+        if self.pending or left_meanwhile or not (self.active or self.sent):  # room freed, someone to drop,
+            self._kick()  # or nothing left (the job slot goes back); arrivals and departures kick by themselves
 
     def on_lost(self, exc: BaseException) -> None:
         """The decoding loop is gone (its process exited): everything sent to it fails."""
