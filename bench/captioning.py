@@ -222,6 +222,59 @@ async def _latency(address: str, seconds: float) -> float:
         return statistics.median(times) * 1000
 
 
+ECHO_SERVER = textwrap.dedent("""
+    import asyncio, grpc
+
+    async def echo(request, context):
+        return request[:64]
+
+    async def main():
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"PORT {port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+""")
+
+
+async def _echo_load(address: str, clients: int, seconds: float, pid: int) -> tuple[float, float]:
+    """(calls/s, server CPU ms per call) of a bare grpc.aio server echoing a feature-vector-sized
+    message: the floor under any Python gRPC service on this machine."""
+    import grpc
+
+    payload = bytes(4 * D + 64)
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary("/bench.Echo/Echo")
+        await asyncio.gather(*(call(payload) for _ in range(clients)))
+        done, stop = 0, time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal done
+            while time.perf_counter() < stop:
+                await call(payload)
+                done += 1
+
+        cpu0, start = cpu_seconds(pid), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return done / (time.perf_counter() - start), (cpu_seconds(pid) - cpu0) * 1000 / max(done, 1)
+
+
+def echo_floor(clients: int, seconds: float) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        rate, cpu = asyncio.run(_echo_load(f"127.0.0.1:{port}", clients, seconds, proc.pid))
+        print(f"  a bare grpc.aio echo server (no PixelRPC code), {clients} clients: {rate:.0f} calls/s, "
+              f"{cpu:.2f} ms of server CPU per call")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def grpc_rows(model, registry_dir: str, clients: int, seconds: float, threads: int, repeats: int) -> None:
     env = {**os.environ, "PIXELRPC_DEVICE": "cpu", "OPENBLAS_NUM_THREADS": str(threads),
            "OMP_NUM_THREADS": str(threads)}
@@ -256,6 +309,7 @@ def grpc_rows(model, registry_dir: str, clients: int, seconds: float, threads: i
               f"{clients} ({threads} thread(s))")
         record(f"captioning over gRPC, server CPU per caption, {clients} clients", "budget 1.5 ms", 1.5, cpu,
                "ms", cpu / 1.5, "<= 1.0")
+        echo_floor(clients, seconds)
         ref1, p50 = statistics.median(ref_one), statistics.median(p50s)
         print(f"  gRPC 1 client p50 {p50:.2f} ms (target <= 3 ms); plain loop, 1 caption: {ref1:.2f} ms")
         record("captioning over gRPC, 1 client, feature vector, p50 latency", "budget 3 ms", 3.0, p50, "ms",
