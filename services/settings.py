@@ -149,7 +149,7 @@ class Settings:
     max_batch_delay_ms: float = -1.0
     #: Where caption decoding runs: `process`, a worker process of the service's own (numpy and the
     #: captioners, no torch, about 60 MiB), so that decoding and the event loop do not take turns on
-    #: one GIL (64 clients on 2 cores: 1.25x the captions/s of `thread`); `thread`, a thread of the
+    #: one GIL (64 clients on 2 cores: 1.1-1.35x the captions/s of `thread`); `thread`, a thread of the
     #: server process (a lone caller after an idle spell: about 1 ms sooner). The same captions, bitwise.
     caption_decode: str = "process"
     #: Caption decoding dtype, `float32` or `float64`; empty: the manifest's `serving.decode_dtype`,
