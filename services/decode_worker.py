@@ -5,19 +5,19 @@ Setting ``caption_decode``: ``process`` or ``thread``. Both run ``models/caption
 
 Why a process: the decoding steps are numpy and BLAS calls, each of which gives the GIL up and takes
 it back. In the server process the other GIL user is the event loop, and under load it is busy most
-of the time, so every step waits for the GIL again and again. Measured on the 2-core development box
-(bench/README.md has the runs): a decoder that makes 62 us of CPU per row-step alone
-made 69-94 us with a busy Python thread beside it, and with 64 clients the decoding thread, not a
-core, was the server's limit. In a process of its own the loop has its own GIL and decodes while the
+of the time, so every step waits for the GIL again and again. Measured on the 2-core development box:
+a decoder that makes 63 us of CPU per row-step alone made 69 us beside a Python thread busy half the
+time (364 us beside one that never sleeps), and with 64 clients the decoding thread, not a core, was
+the server's limit (bench/README.md has the served runs). In a process of its own the loop has its own GIL and decodes while the
 event loop converts messages, as MLServer's parallel inference workers and Triton's Python backend
 stub processes do. The price: the worker's memory (numpy and the captioners' weights; no torch), a
 pickled request and report per admission and per step with something to say, and the model sent
 over a pipe once (about 10 MB for the CS231n captioner; a few milliseconds of the event loop).
 
-The process (``python -m pixelrpc.services.decode_worker``) starts at the first caption, with the
-server's environment (``OPENBLAS_NUM_THREADS``), in a session of its own. Its reports come back to a
-reader on the event loop, with no thread in between. A worker that dies fails the requests it had with ``WorkerLost``
-(``UNAVAILABLE``, retry); the next request starts a new one.
+The process (``python -m pixelrpc.services.decode_worker``) starts at the first caption (or the
+warm-up), with the server's environment (``OPENBLAS_NUM_THREADS``), in a session of its own. Its
+reports come back to a reader on the event loop, with no thread in between. A worker that dies fails
+the requests it had with ``WorkerLost`` (``UNAVAILABLE``, retry); the next request starts a new one.
 """
 
 from __future__ import annotations
