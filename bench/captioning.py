@@ -179,31 +179,34 @@ SERVER = textwrap.dedent("""
 """)
 
 
-async def _load(address: str, clients: int, seconds: float, cpu_seconds) -> tuple[float, float]:
-    """(captions/s, server CPU ms per caption) with ``clients`` concurrent single-caption clients;
-    ``cpu_seconds()`` may also return a tuple (the CPU of each part), divided alike."""
+async def _closed_loop(call, clients: int, seconds: float, cpu_seconds) -> tuple[float, tuple]:
+    """(calls/s, server CPU ms per call of each part ``cpu_seconds()`` returns) with ``clients``
+    coroutines awaiting ``call(i)`` back to back for ``seconds``, after one warm-up call each."""
+    await asyncio.gather(*(call(i) for i in range(clients)))
+    done, stop = 0, time.perf_counter() + seconds
+
+    async def worker(i):
+        nonlocal done
+        while time.perf_counter() < stop:
+            await call(i)
+            done += 1
+
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed, cpu1 = time.perf_counter() - start, cpu_seconds()
+    return done / elapsed, tuple((b - a) * 1000 / max(done, 1) for a, b in zip(cpu0, cpu1, strict=True))
+
+
+async def _load(address: str, clients: int, seconds: float, cpu_seconds) -> tuple[float, tuple]:
+    """(captions/s, server CPU ms per caption of each part) with ``clients`` concurrent single-caption
+    clients."""
     from pixelrpc.clients.captioning import AsyncCaptioningClient
 
     rng = np.random.default_rng(2)
     inputs = rng.standard_normal((clients, D)).astype(np.float32)
     async with AsyncCaptioningClient(address, timeout=60) as client:
-        await asyncio.gather(*(client.caption(inputs[i], model="bench", max_length=LENGTH) for i in range(clients)))
-        done = 0
-        stop = time.perf_counter() + seconds
-
-        async def worker(i):
-            nonlocal done
-            while time.perf_counter() < stop:
-                await client.caption(inputs[i], model="bench", max_length=LENGTH)
-                done += 1
-
-        cpu0, start = cpu_seconds(), time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-        elapsed, cpu1 = time.perf_counter() - start, cpu_seconds()
-        per = 1000 / max(done, 1)
-        if isinstance(cpu0, tuple):
-            return done / elapsed, tuple((b - a) * per for a, b in zip(cpu0, cpu1, strict=True))
-        return done / elapsed, (cpu1 - cpu0) * per
+        return await _closed_loop(lambda i: client.caption(inputs[i], model="bench", max_length=LENGTH),
+                                  clients, seconds, cpu_seconds)
 
 
 async def _latency(address: str, seconds: float) -> float:
@@ -241,33 +244,22 @@ ECHO_SERVER = textwrap.dedent("""
 """)
 
 
-async def _echo_load(address: str, clients: int, seconds: float, pid: int) -> tuple[float, float]:
-    """(calls/s, server CPU ms per call) of a bare grpc.aio server echoing a feature-vector-sized
+async def _echo_load(address: str, clients: int, seconds: float, pid: int) -> tuple[float, tuple]:
+    """(calls/s, (server CPU ms per call,)) of a bare grpc.aio server echoing a feature-vector-sized
     message: the floor under any Python gRPC service on this machine."""
     import grpc
 
     payload = bytes(4 * D + 64)
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary("/bench.Echo/Echo")
-        await asyncio.gather(*(call(payload) for _ in range(clients)))
-        done, stop = 0, time.perf_counter() + seconds
-
-        async def worker():
-            nonlocal done
-            while time.perf_counter() < stop:
-                await call(payload)
-                done += 1
-
-        cpu0, start = cpu_seconds(pid), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return done / (time.perf_counter() - start), (cpu_seconds(pid) - cpu0) * 1000 / max(done, 1)
+        return await _closed_loop(lambda _: call(payload), clients, seconds, lambda: (cpu_seconds(pid),))
 
 
 def echo_floor(clients: int, seconds: float) -> None:
     proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline().split()[1])
-        rate, cpu = asyncio.run(_echo_load(f"127.0.0.1:{port}", clients, seconds, proc.pid))
+        rate, (cpu,) = asyncio.run(_echo_load(f"127.0.0.1:{port}", clients, seconds, proc.pid))
         print(f"  a bare grpc.aio echo server (no PixelRPC code), {clients} clients: {rate:.0f} calls/s, "
               f"{cpu:.2f} ms of server CPU per call")
     finally:

@@ -390,11 +390,16 @@ def add_to_server(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     pb_grpc.add_CaptioningServiceServicer_to_server(CaptioningServicer(ctx), server)
 
 
+def _decodes(model) -> bool:
+    """Whether ``model`` can decode (a captioner with ``<START>`` and ``<END>``): what warm-ups warm."""
+    return getattr(model, "start_idx", None) is not None and getattr(model, "end_idx", None) is not None
+
+
 async def warmup_async(ctx: ServiceContext, loaded: LoadedModel) -> None:
     """Decode one caption through the model's batcher: the decoding process is started and given the
     model (its weights prepared, its products probed) before the service reports SERVING."""
     model = loaded.model
-    if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
+    if not _decodes(model):
         return
     batcher = batcher_for(ctx, loaded)
     if batcher is not None:
@@ -405,7 +410,7 @@ def warmup(ctx: ServiceContext, loaded: LoadedModel) -> None:
     """Decode one caption so the first request does not pay for lazy initialisation (the decoding
     layout of the weights, the BLAS row padding of their shapes)."""
     model = loaded.model
-    if getattr(model, "start_idx", None) is None or getattr(model, "end_idx", None) is None:
+    if not _decodes(model):
         return
     dtype = decode_dtype_of(ctx, loaded)
     decode(model, np.zeros(model.input_dim), DecodeOptions(max_length=2), dtype=dtype)

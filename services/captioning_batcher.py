@@ -82,7 +82,6 @@ class ModelBatcher:
     def __init__(self, model, *, policy: BatchPolicy, engine, acquire_slot: Callable | None = None,
                  release_slot: Callable | None = None, observe_batch: Callable[[int], None] | None = None,
                  count_inferences: Callable[[int], None] | None = None, max_length_limit: int = 100, dtype=None):
-        self.model = model
         self.policy = policy
         self.engine = engine  # a DecodeEngine (services/decode_worker.py)
         self.key = engine.register(self, model, dtype, max_length_limit)
@@ -91,10 +90,10 @@ class ModelBatcher:
         # requests, Triton's model execution), count_inferences(n) per finished request.
         self._observe, self._count = observe_batch, count_inferences
         self._new_batch = True  # the next step's requests differ from the last step's
-        self.max_length_limit = max_length_limit
         self.pending: deque[_Request] = deque()  # waiting to be sent to the loop
         self.sent: dict[int, list[_Request]] = {}  # admissions sent, not yet reported: seq -> requests
         self.active: dict[int, _Request] = {}  # handle -> request, in the loop's batch
+        self.leaving: set[int] = set()  # handles dropped, until the loop reports them gone
         self._seq = itertools.count()
         self.stats = BatcherStats()
         self._wake: asyncio.Event | None = None
@@ -104,7 +103,12 @@ class ModelBatcher:
     # ------------------------------------------------------------------ callers
     @property
     def idle(self) -> bool:
-        return not self.pending and not self.active and not self.sent
+        return not self.pending and not self._in_loop
+
+    @property
+    def _in_loop(self) -> bool:
+        """Whether the decoding loop has requests of this batcher, or steps it has not reported yet."""
+        return bool(self.active or self.sent or self.leaving)
 
     def _enqueue(self, request: _Request) -> None:
         if len(self.pending) >= self.policy.max_pending:
@@ -174,8 +178,8 @@ class ModelBatcher:
         """Send admissions and drops while there is work; reports arrive in ``on_report``."""
         holding_slot = False
         try:
-            while self.pending or self.active or self.sent:
-                if not self.active and not self.sent:
+            while not self.idle:
+                if not self._in_loop:
                     await self._gather_first_batch()
                 if not holding_slot and self._acquire_slot is not None:
                     try:
@@ -197,12 +201,12 @@ class ModelBatcher:
                     except PixelRPCError as exc:  # the loop is gone (WorkerLost): these fail with the rest
                         self._fail_all(exc)
                     continue
-                if self.pending or self.active or self.sent:
+                if not self.idle:
                     await self._wake.wait()  # a report, an arrival or a departure
         finally:
             if holding_slot and self._release_slot is not None:
                 self._release_slot()
-            if self.pending or self.active or self.sent:  # cancelled while busy (server stopping)
+            if not self.idle:  # cancelled while busy (server stopping)
                 self._fail_all(Cancelled("the server stopped before the caption was decoded"))
 
     def _plan(self) -> tuple[list[_Request], list[int]]:
@@ -213,6 +217,7 @@ class ModelBatcher:
             if error is not None:
                 drop.append(handle)
                 del self.active[handle]
+                self.leaving.add(handle)
                 self._finish(request, error)
                 self._new_batch = True
         admit = []
@@ -249,6 +254,7 @@ class ModelBatcher:
             left_meanwhile = left_meanwhile or request.gone or request.cancel.cancelled
         for seq in {seq for seq, _, _ in (*report.rejected, *report.admitted)}:
             self.sent.pop(seq, None)
+        self.leaving.difference_update(report.dropped)
         if report.admitted:
             self._new_batch = True
         for request in self.active.values():
@@ -286,8 +292,8 @@ class ModelBatcher:
                 log.error("caption decoding failed; failing %d requests: %r",
                           len(self.active) + sum(len(r) for r in self.sent.values()), exc)
             self._fail_all(exc)
-        if self.pending or left_meanwhile or not (self.active or self.sent):  # room freed, someone to drop,
-            self._kick()  # or nothing left (the job slot goes back); arrivals and departures kick by themselves
+        if self.pending or left_meanwhile or not self._in_loop:  # room freed, someone to drop, or nothing
+            self._kick()  # left (the job slot goes back); arrivals and departures kick by themselves
 
     def on_lost(self, exc: BaseException) -> None:
         """The decoding loop is gone (its process exited): everything sent to it fails."""
@@ -298,6 +304,7 @@ class ModelBatcher:
         for request in self.active.values():
             self._finish(request, exc)
         self.active.clear()
+        self.leaving.clear()
         self._new_batch = True
         self._kick()  # the batcher's task sends what waits, or ends and gives its job slot back
 

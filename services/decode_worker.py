@@ -192,7 +192,6 @@ class ProcessEngine(DecodeEngine):
                 [sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL, start_new_session=True)
         self._conn = Connection(ours.detach())
-        self._loaded.clear()
         loop.add_reader(self._conn.fileno(), self._on_readable)
         self._reader_loop = loop
         log.info("caption decoding process started (pid %d)", self._process.pid)
@@ -203,21 +202,26 @@ class ProcessEngine(DecodeEngine):
             while conn is self._conn and conn.poll():
                 self._dispatch(conn.recv())
         except (EOFError, OSError):
-            pid = self.pid
-            self._stop()
-            if not self.closed:
-                log.error("the caption decoding process (pid %s) exited; its requests fail UNAVAILABLE "
-                          "and the next request starts a new process", pid)
-                self._lose_all(WorkerLost("the caption decoding process exited while decoding this caption; "
-                                          "retry (the server starts a new one)"))
+            self._lost()
 
     def _post(self, message) -> None:
         try:
             self._conn.send(message)
         except (BrokenPipeError, OSError):
-            self._stop()
-            self._lose_all(WorkerLost("the caption decoding process exited; retry (the server starts a new one)"))
-            raise WorkerLost("the caption decoding process exited; retry (the server starts a new one)") from None
+            raise self._lost() from None
+
+    def _lost(self) -> WorkerLost:
+        """The process exited: what was sent to it fails (``UNAVAILABLE``); the next update starts a
+        new one. Returns the error."""
+        pid = self.pid
+        self._stop()
+        exc = WorkerLost("the caption decoding process exited while decoding this caption; retry (the server "
+                         "starts a new one)")
+        if not self.closed:
+            log.error("the caption decoding process (pid %s) exited; its requests fail UNAVAILABLE and the next "
+                      "request starts a new process", pid)
+            self._lose_all(exc)
+        return exc
 
     def _stop(self) -> None:
         conn, process = self._conn, self._process

@@ -1,24 +1,39 @@
-"""Slower caption decoding steps in every Python process started with a PYTHONPATH: the caption
-decoding process included (a patch made in the test process would not reach a fresh interpreter)."""
+"""Slower caption decoding steps, in this process (``slow_steps_here``) or in every Python process
+started with a PYTHONPATH (``slow_steps_pythonpath``): the caption decoding process included, which a
+patch made in the test process would not reach (it is a fresh interpreter)."""
 
 from __future__ import annotations
 
 import os
-import textwrap
+import time
 from pathlib import Path
 
-SITECUSTOMIZE = textwrap.dedent("""
-    import time
-    from pixelrpc.models.captioning import decoding
-    real = decoding.BatchDecoder.step
+SITECUSTOMIZE = """\
+from pixelrpc.models.captioning import decoding
+from slow_decoding import slow_step
+decoding.BatchDecoder.step = slow_step(decoding.BatchDecoder.step, {seconds})
+"""
+
+
+def slow_step(real, seconds: float):
+    """``BatchDecoder.step`` taking ``seconds`` more."""
+
     def slow(self):
-        time.sleep({seconds})
+        time.sleep(seconds)
         return real(self)
-    decoding.BatchDecoder.step = slow
-""")
+
+    return slow
+
+
+def slow_steps_here(monkeypatch, seconds: float) -> None:
+    from pixelrpc.models.captioning import decoding
+
+    monkeypatch.setattr(decoding.BatchDecoder, "step", slow_step(decoding.BatchDecoder.step, seconds))
 
 
 def slow_steps_pythonpath(folder: Path, seconds: float) -> str:
-    """A PYTHONPATH (``folder`` first) whose ``sitecustomize`` makes every decoding step ``seconds`` longer."""
+    """A PYTHONPATH (``folder`` first, then this one's) whose ``sitecustomize`` makes every decoding
+    step ``seconds`` longer."""
     (folder / "sitecustomize.py").write_text(SITECUSTOMIZE.format(seconds=seconds))
-    return os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    here = str(Path(__file__).resolve().parent)
+    return os.pathsep.join(p for p in (str(folder), here, os.environ.get("PYTHONPATH", "")) if p)

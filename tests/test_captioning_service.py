@@ -25,11 +25,10 @@ from click.testing import CliRunner
 from conftest import torch_threads
 from PIL import Image
 from registry_helpers import publish_tiny_encoder
-from slow_decoding import slow_steps_pythonpath
+from slow_decoding import slow_steps_here, slow_steps_pythonpath
 
 from pixelrpc.clients.captioning import CaptioningClient, CaptionOutput, TokenUpdate, build_job
 from pixelrpc.clients.errors import RpcError
-from pixelrpc.models.captioning import decoding
 from pixelrpc.models.captioning.captioning_rnn import CaptioningRNN, save_to_registry
 from pixelrpc.models.captioning.decoding import DecodeOptions, decode
 from pixelrpc.models.captioning.features import embed_images
@@ -263,13 +262,7 @@ def test_caption_stream_refuses_a_duplicate_open_id(server):
 @pytest.fixture
 def slow_steps(monkeypatch):
     """Every decoding step takes 20 ms more, so a 100-token caption takes seconds."""
-    real = decoding.BatchDecoder.step
-
-    def slow(self):
-        time.sleep(0.02)
-        return real(self)
-
-    monkeypatch.setattr(decoding.BatchDecoder, "step", slow)
+    slow_steps_here(monkeypatch, 0.02)
 
 
 def steps_so_far(server, name: str) -> int:
@@ -287,7 +280,7 @@ def test_client_cancel_stops_the_work(thread_server, slow_steps):
     stream.close()  # cancels the call
     batcher = batcher_of(server, "endless")
     deadline = time.monotonic() + 5
-    while batcher.active and time.monotonic() < deadline:
+    while (batcher.active or batcher.leaving) and time.monotonic() < deadline:  # the loop confirmed the drop
         time.sleep(0.02)
     assert not batcher.active and not batcher.pending
     steps = batcher.stats.steps

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 from registry_helpers import tiny_captioner
-from slow_decoding import slow_steps_pythonpath
+from slow_decoding import slow_steps_here, slow_steps_pythonpath
 
 from pixelrpc.models.captioning import stepping
 from pixelrpc.models.captioning.decoding import DecodeOptions, decode
@@ -97,15 +97,7 @@ def slow_engine(request, tmp_path, monkeypatch):
     if kind == "process":
         monkeypatch.setenv("PYTHONPATH", slow_steps_pythonpath(tmp_path, 0.02))
     else:
-        from pixelrpc.models.captioning import decoding
-
-        real = decoding.BatchDecoder.step
-
-        def slow(self):
-            time.sleep(0.02)
-            return real(self)
-
-        monkeypatch.setattr(decoding.BatchDecoder, "step", slow)
+        slow_steps_here(monkeypatch, 0.02)
     made = ENGINES[kind]()
     yield made
     made.close()
@@ -143,9 +135,8 @@ def test_a_cancelled_caller_stops_the_steps(slow_engine):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        while batcher.active or batcher.sent:
+        while batcher.active or batcher.sent or batcher.leaving:  # the loop confirmed the drop
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # the loop reports the steps it ran before the drop
         steps = batcher.stats.steps
         await asyncio.sleep(0.3)
         return steps, batcher.stats.steps
@@ -293,3 +284,19 @@ def test_an_update_for_a_captioner_never_loaded_fails_it_and_the_loop_goes_on():
                         stepping.Load(0, model, None, 100), stepping.Update(0, 1, [(x, OPTIONS[0], False, None)], [])])
     assert reports[0].key == 7 and isinstance(reports[0].failed, KeyError)
     assert reports[-1].key == 0 and reports[-1].finished[0][0].tokens == decode(model, x, OPTIONS[0])[0].tokens
+
+
+def test_a_drop_is_confirmed_after_every_step_the_row_took_part_in():
+    model = endless_captioner()
+    x = features(1, model.input_dim)[0]
+    script = [stepping.Load(0, model, None, 100), stepping.Update(0, 0, [(x, OPTIONS[0], False, None)], []),
+              stepping.EMPTY, stepping.EMPTY, stepping.EMPTY, stepping.Update(0, 1, [], [0])]  # 3 steps, then drop
+
+    def receive(block: bool):
+        return script.pop(0) if script else stepping.STOP if block else stepping.EMPTY
+
+    reports: list[stepping.Report] = []
+    stepping.DecodeLoop(receive, reports.append).run()
+    confirm = next(n for n, r in enumerate(reports) if r.dropped == [0])
+    assert sum(r.steps for r in reports[:confirm]) == 3  # every step it took part in, reported first
+    assert not any(r.steps for r in reports[confirm:])

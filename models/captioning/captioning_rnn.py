@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 
 from pixelrpc.models.captioning import rnn_layers as L
-from pixelrpc.models.captioning.decoding import DecodeOptions, decode_batch
+from pixelrpc.models.captioning.decoding import WEIGHTS_CACHE, DecodeOptions, decode_batch
 from pixelrpc.models.captioning.vocab import END, NULL, START
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput, ModelCorrupt
 
@@ -98,7 +98,7 @@ class CaptioningRNN:
     def __getstate__(self) -> dict:
         """Pickled (to the caption decoding process) without caches built from the weights: the
         decoding layout holds BLAS function objects and is rebuilt where it is used."""
-        return {k: v for k, v in self.__dict__.items() if k != "_decode_weights"}
+        return {k: v for k, v in self.__dict__.items() if k != WEIGHTS_CACHE}
 
     def __init__(self, word_to_idx: dict[str, int], input_dim: int = 512, wordvec_dim: int = 128,
                  hidden_dim: int = 128, cell_type: str = "rnn", dtype=np.float32, *,

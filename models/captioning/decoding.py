@@ -135,6 +135,9 @@ def _fingerprint(params: dict) -> tuple:
     return tuple((k, id(v), v.ctypes.data, v.reshape(-1)[::9973].tobytes()) for k, v in sorted(params.items()))
 
 
+WEIGHTS_CACHE = "_decode_weights"  # the model attribute that keeps its decoding layouts (not pickled)
+
+
 def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
     """The decoding layout of the weights, built once per model and dtype (kept on the model) and
     rebuilt when its parameters change:
@@ -145,7 +148,7 @@ def _decode_weights(model: CaptioningRNN, dtype: np.dtype) -> tuple:
       gives both this step's scores and the next step's recurrent term (``products``);
     - ``proj``: the product by ``W_proj`` (D, H); and ``b_vocab``, ``b_proj``.
     """
-    cache = model.__dict__.setdefault("_decode_weights", {})
+    cache = model.__dict__.setdefault(WEIGHTS_CACHE, {})
     key = _fingerprint(model.params)
     hit = cache.get(dtype.str)
     if hit is not None and hit[0] == key:

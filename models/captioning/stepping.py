@@ -57,6 +57,7 @@ class Report:
     admitted: list[tuple[int, int, int]] = field(default_factory=list)  # (seq, index in admit, handle)
     rejected: list[tuple[int, int, PixelRPCError]] = field(default_factory=list)  # (seq, index, why)
     expired: list[int] = field(default_factory=list)  # handles whose deadline passed (dropped)
+    dropped: list[int] = field(default_factory=list)  # handles the server dropped: their steps are all reported
     batch: int = 0  # requests decoded in the last step
     events: list[TokenEvent] = field(default_factory=list)  # the last step's token events
     finished: dict = field(default_factory=dict)  # handle -> captions
@@ -65,7 +66,7 @@ class Report:
     failed: BaseException | None = None  # decoding failed: every request of this captioner fails
 
     def worth_sending(self, idle: bool) -> bool:
-        return bool(self.admitted or self.rejected or self.expired or self.events or self.finished
+        return bool(self.admitted or self.rejected or self.expired or self.dropped or self.events or self.finished
                     or self.failed is not None or (idle and self.steps))
 
 
@@ -147,15 +148,14 @@ class DecodeLoop:
                 decoder = self.decoders[key] = BatchDecoder(spec.model, dtype=spec.dtype,
                                                             max_length_limit=spec.max_length_limit)
             except Exception as exc:  # noqa: BLE001 - e.g. FailedPrecondition: a model that cannot decode
-                report = self._report(key)
-                report.rejected.extend((message.seq, i, exc) for i in range(len(message.admit)))
-                self._fail(key, exc)
+                self._fail(key, exc)  # the requests of this update fail with the rest
                 return
         deadlines = self.deadlines.setdefault(key, {})
+        report = self._report(key)
         for handle in message.drop:
             decoder.cancel(handle)
             deadlines.pop(handle, None)
-        report = self._report(key)
+        report.dropped.extend(message.drop)
         for i, (features, options, want_tokens, deadline) in enumerate(message.admit):
             try:
                 handle = decoder.add(features, options, events=want_tokens)
@@ -179,9 +179,10 @@ class DecodeLoop:
                     decoder.cancel(handle)
                     del deadlines[handle]
                     report.expired.append(handle)
-        if decoder.active:
+        active = len(decoder.active)
+        if active:
             start = time.perf_counter()
-            report.batch = len(decoder.active)
+            report.batch = active
             try:
                 report.events = decoder.step()
                 report.finished = decoder.pop_finished()
