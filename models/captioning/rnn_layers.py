@@ -314,8 +314,13 @@ def lstm_step_backward(dnext_h: np.ndarray, dnext_c: np.ndarray, cache):
 def lstm_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray):
     """An LSTM over a whole sequence; the initial cell state is zero.
 
-    As in ``rnn_forward``, the input projection of all T steps is one matrix product and the
-    recurrence runs on time-major arrays.
+    As in ``rnn_forward``, the input projection of all T steps is one matrix product and only the
+    recurrence runs step by step. The steps work *feature-major*: a step's pre-activations are a
+    (4H, N) block, so each gate is one contiguous (H, N) slice (element-wise math on contiguous
+    memory costs about a quarter of the same math on the strided gate columns of an (N, 4H) block),
+    and the recurrent product ``Wh^T h_{t-1}`` takes N as its short dimension, which OpenBLAS runs
+    faster than ``h_{t-1} Wh`` (measured in the review of issue 11: the training step 132 -> 126 ms,
+    bitwise the same numbers).
 
     Inputs:
     - x: (N, T, D) input sequence
@@ -324,35 +329,37 @@ def lstm_forward(x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, 
     - Wh: (H, 4H) hidden-to-hidden weights
     - b: (4H,) biases
 
-    Returns ``(h, cache)``: h (N, T, H), the hidden state at every step.
+    Returns ``(h, cache)``: h (N, T, H), the hidden state at every step (a transposed view).
     """
     N, T, D = x.shape
     H = h0.shape[1]
-    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D) time-major
-    a = (x_tm.reshape(T * N, D) @ Wx).reshape(T, N, 4 * H) + b  # (T, N, 4H) input part
+    x_fm = np.ascontiguousarray(x.transpose(2, 1, 0)).reshape(D, T * N)  # (D, T*N): column t*N + n is x[n, t]
+    a = Wx.T @ x_fm  # (4H, T*N) input part of the pre-activations
+    a += b[:, None]
     dtype = np.result_type(a, h0)
-    gates = np.empty((T, N, 4 * H), dtype=dtype)  # i, f, o, g activations at every step
-    c_tm = np.zeros((T + 1, N, H), dtype=dtype)  # c_tm[t + 1] = c_t, c_tm[0] = 0
-    tanh_c = np.empty((T, N, H), dtype=dtype)
-    h_tm = np.empty((T + 1, N, H), dtype=dtype)  # h_tm[t + 1] = h_t, h_tm[0] = h0
-    h_tm[0] = h0
-    ig = np.empty((N, H), dtype=dtype)  # scratch for i * g
+    gates = np.empty((T, 4 * H, N), dtype=dtype)  # i, f, o, g activations at every step
+    c_fm = np.zeros((T + 1, H, N), dtype=dtype)  # c_fm[t + 1] = c_t^T, c_fm[0] = 0
+    tanh_c = np.empty((T, H, N), dtype=dtype)
+    h_fm = np.empty((T + 1, H, N), dtype=dtype)  # h_fm[t + 1] = h_t^T, h_fm[0] = h0^T
+    h_fm[0] = h0.T
+    ig = np.empty((H, N), dtype=dtype)  # scratch for i * g
     for t in range(T):
-        pre = gates[t]  # (N, 4H): pre-activations, then (in place) the gate activations
-        np.matmul(h_tm[t], Wh, out=pre)
-        pre += a[t]
-        sigmoid(pre[:, : 3 * H], out=pre[:, : 3 * H])
-        np.tanh(pre[:, 3 * H:], out=pre[:, 3 * H:])
-        i, f, o, g = (pre[:, k * H: (k + 1) * H] for k in range(4))  # 4 x (N, H)
-        np.multiply(f, c_tm[t], out=c_tm[t + 1])
-        c_tm[t + 1] += np.multiply(i, g, out=ig)
-        np.tanh(c_tm[t + 1], out=tanh_c[t])
-        np.multiply(o, tanh_c[t], out=h_tm[t + 1])  # (N, H)
-    return h_tm[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, gates, c_tm, tanh_c, h_tm)  # (N, T, H)
+        pre = gates[t]  # (4H, N): pre-activations, then (in place) the gate activations
+        np.matmul(Wh.T, h_fm[t], out=pre)
+        pre += a[:, t * N: (t + 1) * N]
+        sigmoid(pre[: 3 * H], out=pre[: 3 * H])
+        np.tanh(pre[3 * H:], out=pre[3 * H:])
+        i, f, o, g = (pre[k * H: (k + 1) * H] for k in range(4))  # 4 x (H, N)
+        np.multiply(f, c_fm[t], out=c_fm[t + 1])
+        c_fm[t + 1] += np.multiply(i, g, out=ig)
+        np.tanh(c_fm[t + 1], out=tanh_c[t])
+        np.multiply(o, tanh_c[t], out=h_fm[t + 1])  # (H, N)
+    return h_fm[1:].transpose(2, 0, 1), (x_fm, Wx, Wh, gates, c_fm, tanh_c, h_fm)  # (N, T, H)
 
 
 def lstm_backward(dh: np.ndarray, cache):
-    """Backward pass of ``lstm_forward``, back-propagating through time.
+    """Backward pass of ``lstm_forward``, back-propagating through time (feature-major, as the
+    forward pass).
 
     Only the recurrence is sequential; the weight gradients are one matrix product each.
 
@@ -362,20 +369,20 @@ def lstm_backward(dh: np.ndarray, cache):
 
     Returns ``dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)``.
     """
-    x_tm, Wx, Wh, gates, c_tm, tanh_c, h_tm = cache
-    T, N, D = x_tm.shape
-    H = h_tm.shape[2]
-    dh_tm = dh.transpose(1, 0, 2)  # (T, N, H)
-    da = np.empty((T, N, 4 * H), dtype=h_tm.dtype)  # gradient of the pre-activations
-    dnext_h = np.zeros((N, H), dtype=h_tm.dtype)  # (N, H) through the recurrence
-    dnext_c = np.zeros((N, H), dtype=h_tm.dtype)  # (N, H)
-    dc = np.empty((N, H), dtype=h_tm.dtype)  # scratch: total gradient of c_t
-    tmp = np.empty((N, H), dtype=h_tm.dtype)
-    WhT = np.ascontiguousarray(Wh.T)  # (4H, H): BLAS packs a contiguous operand faster, 16 times over
+    x_fm, Wx, Wh, gates, c_fm, tanh_c, h_fm = cache
+    T, G, N = gates.shape  # G = 4H
+    H, D = G // 4, x_fm.shape[0]
+    dtype = h_fm.dtype
+    dh_fm = np.ascontiguousarray(dh.transpose(1, 2, 0))  # (T, H, N)
+    da = np.empty((T, G, N), dtype=dtype)  # gradient of the pre-activations
+    dnext_h = np.zeros((H, N), dtype=dtype)  # through the recurrence
+    dnext_c = np.zeros((H, N), dtype=dtype)
+    dc = np.empty((H, N), dtype=dtype)  # scratch: total gradient of c_t
+    tmp = np.empty((H, N), dtype=dtype)
     for t in reversed(range(T)):
-        i, f, o, g = (gates[t, :, k * H: (k + 1) * H] for k in range(4))  # 4 x (N, H)
-        di, df, do, dg = (da[t, :, k * H: (k + 1) * H] for k in range(4))  # views of da[t]
-        dh_t = np.add(dh_tm[t], dnext_h, out=dnext_h)  # (N, H) total gradient of h_t
+        i, f, o, g = (gates[t, k * H: (k + 1) * H] for k in range(4))  # 4 x (H, N)
+        di, df, do, dg = (da[t, k * H: (k + 1) * H] for k in range(4))  # views of da[t]
+        dh_t = np.add(dh_fm[t], dnext_h, out=dnext_h)  # (H, N) total gradient of h_t
         tc = tanh_c[t]
         # dc = dnext_c + dh_t * o * (1 - tanh_c^2)
         np.multiply(tc, tc, out=tmp)
@@ -396,7 +403,7 @@ def lstm_backward(dh: np.ndarray, cache):
         # df = dc * c_{t-1} * f * (1 - f)
         np.subtract(1.0, f, out=df)
         df *= f
-        df *= c_tm[t]
+        df *= c_fm[t]
         df *= dc
         # dg = dc * i * (1 - g^2)
         np.multiply(g, g, out=dg)
@@ -404,13 +411,14 @@ def lstm_backward(dh: np.ndarray, cache):
         dg *= i
         dg *= dc
         np.multiply(dc, f, out=dnext_c)  # gradient reaching c_{t-1}
-        dnext_h = np.matmul(da[t], WhT)  # (N, H)
-    da_flat = da.reshape(T * N, 4 * H)  # (T*N, 4H)
-    dx = (da_flat @ np.ascontiguousarray(Wx.T)).reshape(T, N, D).transpose(1, 0, 2)  # (N, T, D)
-    dWx = x_tm.reshape(T * N, D).T @ da_flat  # (D, 4H)
-    dWh = h_tm[:-1].reshape(T * N, H).T @ da_flat  # (H, 4H): sum over t of h_{t-1}^T da_t
-    db = da_flat.sum(axis=0)  # (4H,)
-    return dx, dnext_h, dWx, dWh, db
+        dnext_h = np.matmul(Wh, da[t])  # (H, N)
+    da_all = np.ascontiguousarray(da.transpose(1, 0, 2)).reshape(G, T * N)  # (4H, T*N), columns as x_fm's
+    dx = (Wx @ da_all).reshape(D, T, N).transpose(2, 1, 0)  # (N, T, D)
+    dWx = x_fm @ da_all.T  # (D, 4H)
+    h_prev = np.ascontiguousarray(h_fm[:-1].transpose(1, 0, 2)).reshape(H, T * N)  # (H, T*N): h_{t-1}
+    dWh = h_prev @ da_all.T  # (H, 4H): sum over t of h_{t-1}^T da_t
+    db = da_all.sum(axis=1)  # (4H,)
+    return dx, np.ascontiguousarray(dnext_h.T), dWx, dWh, db
 
 
 # --------------------------------------------------------------------------- loss
