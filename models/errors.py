@@ -119,10 +119,16 @@ class StreamStalled(PixelRPCError):
 
 @dataclass
 class CancelToken:
-    """A flag a long job polls between steps; the service sets it on cancel or deadline."""
+    """A flag a long job polls between steps; the service sets it on cancel or deadline.
+
+    ``parent``: the token of a whole of which this job is one part (one request of a stream that
+    carries many): cancelling the parent, or its deadline passing, stops this job too; this token's
+    own cancel and deadline stop this job alone.
+    """
 
     reason: str | None = None
     deadline: float | None = None  # time.monotonic() value
+    parent: CancelToken | None = field(default=None, repr=False)
     _cancelled: bool = field(default=False, repr=False)
 
     def cancel(self, reason: str = "cancelled by the caller") -> None:
@@ -131,12 +137,14 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled
+        return self._cancelled or (self.parent is not None and self.parent.cancelled)
 
     def check(self) -> None:
         """Raise ``Cancelled`` or ``DeadlineExceeded`` if the job should stop now."""
         import time
 
+        if self.parent is not None:
+            self.parent.check()
         if self._cancelled:
             raise Cancelled(self.reason or "cancelled")
         if self.deadline is not None and time.monotonic() > self.deadline:

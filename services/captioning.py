@@ -13,6 +13,7 @@ together; with ``max_batch_size`` 1 each request is decoded alone in the executo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -325,7 +326,8 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
 
         async def answer(req: pb.CaptionStreamRequest) -> None:
             try:
-                result = await self.caption(req.job, call, run=lane.run)
+                with call.item() as item:  # a model's timeout_s and max_concurrency apply per request
+                    result = await self.caption(req.job, item, run=functools.partial(lane.run, cancel=item.cancel))
                 response = pb.CaptionStreamResponse(id=req.id, result=result)
             except asyncio.CancelledError:
                 raise

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -122,6 +123,20 @@ class Call:
             self.deadline = at
         if self.cancel.deadline is None or at < self.cancel.deadline:
             self.cancel.deadline = at
+
+    @contextlib.contextmanager
+    def item(self, timeout: float | None = None) -> Iterator[StreamItem]:
+        """One request of a stream that carries many (CaptionStream, ModelStreamInfer), seen as a call
+        of its own where limits are per request: its own cancel token (stopped with the call's too)
+        whose deadline a model's ``timeout_s`` or the request's ``timeout`` (seconds from now) may
+        shorten for this request alone, and its own ``on_end`` (a model's ``max_concurrency`` slot),
+        run when the request ends. Everything else (metrics, accounting, routing) is the call's."""
+        item = StreamItem(self, timeout)
+        try:
+            yield item
+        finally:
+            for release in item.on_end:
+                release()
 
     @contextlib.asynccontextmanager
     async def deadline_scope(self):
@@ -306,6 +321,37 @@ def new_request_id() -> str:
     """A fresh 32-hex-digit request id: a random per-process prefix and a counter. (``uuid4()`` per
     request read the kernel's random source each time, about 1 ms on some VMs.)"""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+class StreamItem:
+    """``Call.item``: a view of a call for one request of a stream. ``cancel``, ``deadline`` and
+    ``on_end`` are the request's own; every other attribute is read from and written to the call,
+    and ``Call``'s methods run on the view (so ``run`` and ``steps`` check the request's token)."""
+
+    _OWN = frozenset({"_call", "cancel", "deadline", "on_end"})
+
+    def __init__(self, call: Call, timeout: float | None = None):
+        at = time.monotonic() + timeout if timeout else None
+
+        def sooner(deadline: float | None) -> float | None:
+            return deadline if at is None else at if deadline is None else min(deadline, at)
+
+        object.__setattr__(self, "_call", call)
+        object.__setattr__(self, "deadline", sooner(call.deadline))
+        object.__setattr__(self, "on_end", [])
+        object.__setattr__(self, "cancel", CancelToken(deadline=sooner(call.cancel.deadline), parent=call.cancel))
+
+    def __getattr__(self, name: str):
+        value = getattr(type(self._call), name, None)
+        if inspect.isfunction(value):  # a Call method: runs on this view
+            return types.MethodType(value, self)
+        return getattr(self._call, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._call, name, value)
 
 
 def _incoming_request_id(grpc_context) -> str | None:

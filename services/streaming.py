@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from pixelrpc.models.errors import StreamStalled
+from pixelrpc.models.errors import CancelToken, StreamStalled
 
 if TYPE_CHECKING:
     from pixelrpc.services.runtime import Call
@@ -150,22 +150,23 @@ class Lane:
     def __init__(self, call: Call):
         self.call = call
         self.jobs = call.ctx.jobs
-        self._work: deque[tuple[Callable[[], Any], asyncio.Future]] = deque()
+        self._work: deque[tuple[Callable[[], Any], asyncio.Future, CancelToken]] = deque()
         self._task: asyncio.Task | None = None
         self._held = False
 
-    async def run(self, fn: Callable[..., Any], *args) -> Any:
-        """Run ``fn(*args)`` in the executor, in the lane's order; its exception is raised here."""
+    async def run(self, fn: Callable[..., Any], *args, cancel: CancelToken | None = None) -> Any:
+        """Run ``fn(*args)`` in the executor, in the lane's order; its exception is raised here.
+        ``cancel``: the token checked before it starts (its request's; default: the stream's)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._work.append((functools.partial(fn, *args), future))
+        self._work.append((functools.partial(fn, *args), future, cancel or self.call.cancel))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain(), name="stream-lane")
         return await future
 
     def close(self) -> None:
         """The stream ended: drop the waiting work; the running item's slot is freed when it returns."""
-        for _, future in self._work:
+        for _, future, _ in self._work:
             future.cancel()
         self._work.clear()
         if self._task is not None:
@@ -175,7 +176,7 @@ class Lane:
         pending: list[asyncio.Future] = []
         try:
             while self._work:
-                fn, future = self._work.popleft()
+                fn, future, cancel = self._work.popleft()
                 if future.done():  # its caller went away
                     continue
                 if not self._held:
@@ -183,7 +184,7 @@ class Lane:
                     self._held = True
                     self.call._account_queue(waited)
                 try:
-                    self.call.cancel.check()
+                    cancel.check()
                     result = await self.call._in_executor(fn, pending=pending)
                 except asyncio.CancelledError:
                     raise

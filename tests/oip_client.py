@@ -145,6 +145,13 @@ def main(vis_address: str, style_address: str, folder: str, auth_address: str, t
     report["stream_error_then_ok"] = collect(vis, [
         ("shapes-captioner", [array_input("FEATURES", features[:1].astype(np.int32), "INT32")], {"request_id": "bad"}),
         ("shapes-squeezenet", [bytes_input("IMAGE", [a])], {"request_id": "good"})])
+    # Triton's timeout parameter bounds each request of a stream alone: the long job fails, the next runs
+    report["stream_timeout_then_ok"] = collect(style, [
+        ("shapes-squeezenet", [bytes_input("CONTENT", [a]), bytes_input("STYLE", [b])],
+         {"request_id": "slow", "timeout": 300_000, "parameters": {"iterations": 1000, "image_size": 128,
+                                                                     "style_size": 128}}),
+        ("shapes-squeezenet", [bytes_input("CONTENT", [a]), bytes_input("STYLE", [b])],
+         {"request_id": "quick", "parameters": {"iterations": 2, "image_size": 32, "style_size": 32}})])
 
     # errors: status code and message of each refusal
     bad_dim = np.zeros((2, 5), np.float32)

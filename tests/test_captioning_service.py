@@ -68,6 +68,7 @@ def models(tmp_path_factory):
     save_to_registry(out["image"], registry, "orphan-captioner",
                      encoder={"name": "missing-encoder", "version": 1, "sha256": "0" * 64})
     save_to_registry(out["endless"], registry, "endless")
+    save_to_registry(out["features"], registry, "limited", metadata={"serving": {"max_concurrency": 1, "timeout_s": 0.5}})
     out["registry"] = registry
     out["encoder"] = zoo.load_squeezenet(encoder, lambda f: registry.read_file(encoder, f), "cpu")
     return out
@@ -254,6 +255,30 @@ def test_caption_stream_refuses_a_duplicate_open_id(server):
     assert len(answers) == 3 and len(errors) == 2
     assert {e.error.code for e in errors} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
     assert any(a.id == "x" and a.HasField("result") for a in answers)
+
+
+def test_caption_stream_applies_model_limits_per_request(server):
+    """A model's max_concurrency and timeout_s bound each request of a stream, as each unary call: a
+    stream longer than timeout_s, one request at a time, never holds more than one slot of the model."""
+    from pixelrpc.v1 import captioning_pb2 as pb
+    from pixelrpc.v1 import captioning_pb2_grpc as pb_grpc
+
+    answered = threading.Semaphore(0)
+
+    def requests():
+        for i in range(4):
+            yield pb.CaptionStreamRequest(id=str(i), job=build_job(np.zeros(D, np.float32), model="limited"))
+            answered.acquire()
+            time.sleep(0.25)  # 4 requests: the stream outlives the model's timeout_s of 0.5 s
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CaptioningServiceStub(channel)
+        answers = []
+        for answer in stub.CaptionStream(requests(), timeout=30):
+            answers.append(answer)
+            answered.release()
+    assert [a.id for a in answers] == ["0", "1", "2", "3"]
+    assert [a.error.message for a in answers if a.HasField("error")] == []
 
 
 # ----------------------------------------------------------------------------- cancellation

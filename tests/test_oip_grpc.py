@@ -194,6 +194,14 @@ def test_stream_answers_a_failed_request_and_goes_on(oip):
     assert good["final"] and len(good["outputs"]["PROBABILITIES"][0]) == 18
 
 
+def test_a_stream_request_timeout_bounds_that_request_alone(oip):
+    answers = oip["report"]["stream_timeout_then_ok"]
+    errors = [a for a in answers if "error" in a]
+    assert len(errors) == 1 and errors[0]["error"].startswith("DEADLINE_EXCEEDED: ")
+    final = answers[-1]
+    assert final.get("final") and final["id"] == "quick" and final["image_size"] == [32, 32]
+
+
 @pytest.mark.parametrize(("case", "status", "words"), [
     ("features_int32", "INVALID_ARGUMENT", "input FEATURES must be FP32 or FP64, got INT32"),
     ("features_dim", "INVALID_ARGUMENT", "input FEATURES must be [N, 512]"),

@@ -376,6 +376,36 @@ def test_manifest_serving_section_sets_per_model_limits(tmp_path):
     assert ModelCache(reg, device="cuda", device_is_explicit=True).device_for(manifest) == "cuda"
 
 
+def test_a_stream_item_has_its_own_token_deadline_and_releases(monkeypatch):
+    """``Call.item``: one request of a stream; its token stops with the call's, its timeout and its
+    on_end are its own, and everything else is the call's."""
+    from types import SimpleNamespace
+
+    from pixelrpc.models.errors import Cancelled, CancelToken, DeadlineExceeded
+    from pixelrpc.services.runtime import Call
+
+    call = object.__new__(Call)  # the state a Call keeps, without a grpc context
+    call.cancel, call.deadline, call.on_end, call.compute_ms = CancelToken(), None, [], 0.0
+    call.ctx = SimpleNamespace(name="captioning")
+    released = []
+    with call.item(timeout=0.2) as item:
+        item.on_end.append(lambda: released.append("slot"))
+        item.compute_ms += 2.0  # accounting is the call's
+        assert item.ctx is call.ctx and item.cancel is not call.cancel and not item.deadline_passed()
+        item.cancel.check()
+        time.sleep(0.21)
+        with pytest.raises(DeadlineExceeded):
+            item.cancel.check()
+        assert item.deadline_passed()  # a Call method, run on the item
+        call.cancel.check()  # the call goes on
+    assert released == ["slot"] and call.on_end == [] and call.compute_ms == 2.0
+    with call.item() as item:
+        call.cancel.cancel("cancelled by the caller")
+        assert item.cancel.cancelled
+        with pytest.raises(Cancelled):
+            item.cancel.check()
+
+
 def test_one_torch_executor_per_process_sized_by_settings(tmp_path, monkeypatch):
     """Issue 11: the services of a process share one job (torch) executor of worker_threads threads
     (default 1: one OpenMP pool), each keeping its own slots; torch threads follow the CPUs allowed."""

@@ -35,7 +35,8 @@ from pixelrpc.services.runtime import Call, ServiceContext
 from pixelrpc.v1 import common_pb2
 
 # Triton's request parameters, which every model accepts (tritonclient and KServe tooling set them):
-# ``timeout`` bounds the request (``server.InferenceServicer.infer``), the others are ignored here.
+# ``timeout`` bounds the request (``server.InferenceServicer.infer``; in ModelStreamInfer each request
+# alone), the others are ignored here.
 RESERVED_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
                        "binary_data_output", "headers"}
 

@@ -227,9 +227,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             try:
                 req = self._request(request)
-                _service, adapter, _manifest = await self.locate(req.model, req.version, call)
-                async for result in adapter.stream(req, call):
-                    yield pb.ModelStreamInferResponse(infer_response=self._response(req, result, stream=True))
+                # each request's own limits: its ``timeout`` and its model's timeout_s and max_concurrency
+                with call.item(request_timeout(req.parameters)) as item:
+                    _service, adapter, _manifest = await self.locate(req.model, req.version, item)
+                    async for result in adapter.stream(req, item):
+                        yield pb.ModelStreamInferResponse(infer_response=self._response(req, result, stream=True))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed request is answered; the stream goes on
