@@ -244,24 +244,30 @@ ECHO_SERVER = textwrap.dedent("""
 """)
 
 
-async def _echo_load(address: str, clients: int, seconds: float, pid: int) -> tuple[float, tuple]:
-    """(calls/s, (server CPU ms per call,)) of a bare grpc.aio server echoing a feature-vector-sized
-    message: the floor under any Python gRPC service on this machine."""
+async def _echo_load(address: str, clients: int, seconds: float, pid: int) -> tuple[float, tuple, float]:
+    """(calls/s, (server CPU ms per call,), 1-client p50 ms) of a bare grpc.aio server echoing a
+    feature-vector-sized message: the floor under any Python gRPC service on this machine."""
     import grpc
 
     payload = bytes(4 * D + 64)
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary("/bench.Echo/Echo")
-        return await _closed_loop(lambda _: call(payload), clients, seconds, lambda: (cpu_seconds(pid),))
+        rate, cpu = await _closed_loop(lambda _: call(payload), clients, seconds, lambda: (cpu_seconds(pid),))
+        times, stop = [], time.perf_counter() + seconds / 2
+        while time.perf_counter() < stop or len(times) < 5:
+            start = time.perf_counter()
+            await call(payload)
+            times.append(time.perf_counter() - start)
+        return rate, cpu, statistics.median(times) * 1000
 
 
 def echo_floor(clients: int, seconds: float) -> None:
     proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline().split()[1])
-        rate, (cpu,) = asyncio.run(_echo_load(f"127.0.0.1:{port}", clients, seconds, proc.pid))
+        rate, (cpu,), p50 = asyncio.run(_echo_load(f"127.0.0.1:{port}", clients, seconds, proc.pid))
         print(f"  a bare grpc.aio echo server (no PixelRPC code), {clients} clients: {rate:.0f} calls/s, "
-              f"{cpu:.2f} ms of server CPU per call")
+              f"{cpu:.2f} ms of server CPU per call; 1 client: p50 {p50:.2f} ms")
     finally:
         proc.terminate()
         proc.wait(30)
