@@ -101,14 +101,15 @@ MIN_SAMPLE_S = 0.05  # one sample times enough calls to last this long (one 3 ms
 
 def interleaved(a, b, repeats: int) -> tuple[float, float]:
     """Median seconds per call of ``a()`` and ``b()``, sampled alternately ``repeats`` times after a
-    warm-up; each sample times the same number of back-to-back calls of each, enough for the faster
-    one to last ``MIN_SAMPLE_S``."""
+    warm-up, in the order a b, b a, a b, ... (so neither always runs first, on caches the other left,
+    or while the machine settles after an earlier benchmark); each sample times the same number of
+    back-to-back calls of each, enough for the faster one to last ``MIN_SAMPLE_S``."""
     calls = max(1, int(MIN_SAMPLE_S / max(min(timed(a), timed(b)), 1e-6)) + 1)
-    ta, tb = [], []
-    for _ in range(repeats):
-        ta.append(timed(lambda: [a() for _ in range(calls)]) / calls)
-        tb.append(timed(lambda: [b() for _ in range(calls)]) / calls)
-    return statistics.median(ta), statistics.median(tb)
+    samples: dict = {a: [], b: []}
+    for i in range(repeats):
+        for f in (a, b) if i % 2 == 0 else (b, a):
+            samples[f].append(timed(lambda: [f() for _ in range(calls)]) / calls)  # noqa: B023
+    return statistics.median(samples[a]), statistics.median(samples[b])
 
 
 def decode_rows(model, repeats: int) -> None:
