@@ -274,6 +274,45 @@ def test_v2_infer_deadline_answers_504_and_stops_the_job(styled):
     assert status == 400 and "parameter timeout must be a whole number of microseconds" in json.loads(raw)["error"]
 
 
+def test_native_json_deadline_interrupts_a_queued_call(styled):
+    """Connect-Timeout-Ms on the native JSON API ends a call at its deadline, as grpc-timeout does,
+    even while the call waits for a job slot: 504 deadline_exceeded, for a unary call and for a stream
+    that had sent nothing yet, long before a slot would free."""
+    ctx = styled.server.contexts["style"]
+    data = base64.b64encode(shapes_png()).decode()
+    busy = json.dumps({"parameters": {"iterations": 1000, "image_size": 128, "style_size": 128,
+                                      "timeout": 4_000_000},  # each holds a slot for 4 s
+                       "inputs": [{"name": n, "datatype": "BYTES", "shape": [1], "data": [data]}
+                                  for n in ("CONTENT", "STYLE")]}).encode()
+    holders = [threading.Thread(target=post, args=(f"http://{styled.http}/v2/models/{CLASSIFIER}/infer", busy))
+               for _ in range(styled.server.settings.max_concurrency)]
+    for t in holders:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ctx.jobs.running < len(holders):
+            assert time.monotonic() < deadline, "the slot holders did not start"
+            time.sleep(0.02)
+        job = {"job": {"content": {"data": data}, "styles": [{"image": {"data": data}}], "model": {"name": CLASSIFIER},
+                       "parameters": {"iterations": 2, "imageSize": 32, "styleSize": 32}}}
+        labels = {"service": "style", "code": "DEADLINE_EXCEEDED"}
+        for method in ("StylizeUnary", "Stylize"):
+            expired = requests_counted(ctx.metrics, method=method, **labels)
+            started = time.monotonic()
+            status, _, raw = post(f"http://{styled.http}/pixelrpc.v1.StyleTransferService/{method}",
+                                  json.dumps(job).encode(), headers={"Connect-Timeout-Ms": "300"})
+            elapsed = time.monotonic() - started
+            assert (status, json.loads(raw)["code"]) == (504, "deadline_exceeded"), raw
+            assert 0.25 < elapsed < 2.5, f"{method} answered after {elapsed:.2f} s, its deadline was 0.3 s"
+            assert ctx.jobs.running == len(holders)  # still full: it was answered while waiting
+            while requests_counted(ctx.metrics, method=method, **labels) <= expired:
+                assert time.monotonic() < deadline, "the expired call was not counted"
+                time.sleep(0.02)
+    finally:
+        for t in holders:
+            t.join(60)
+
+
 def test_v2_errors_name_the_tensor_and_carry_the_request_id(served):
     client = http.InferenceServerClient(served.http)
     tensor = http.InferInput("FEATURES", [1, 5], "FP32")

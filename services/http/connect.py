@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -106,7 +107,7 @@ async def call_method(handler, body: bytes, content_type: str, context: HttpCall
 
     if kind.endswith("_unary"):
         try:
-            response = await behavior(request, context)
+            response = await _within_deadline(behavior(request, context), context)
         except HttpAbort as exc:
             return _error(exc, connect_stream)
         headers = {"x-request-id": context.request_id}
@@ -118,6 +119,51 @@ async def call_method(handler, body: bytes, content_type: str, context: HttpCall
             return Response(response.SerializeToString(), media_type="application/proto", headers=headers)
         return Response(to_json(response), media_type="application/json", headers=headers)
     return await _stream(behavior, request, context, connect_stream)
+
+
+DEADLINE_MESSAGE = "the call's deadline passed before the job finished"
+
+
+def _expired(context: HttpCallContext) -> HttpAbort:
+    return plain_abort(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, context.request_id)
+
+
+async def _within_deadline(awaitable, context: HttpCallContext):
+    """Await a unary handler until the client's deadline, as grpc does for ``grpc-timeout``: at the
+    deadline the handler is cancelled (the runtime records DEADLINE_EXCEEDED and cancels its job,
+    which stops within one step and frees its slot) and the call answers DEADLINE_EXCEEDED, even if
+    it was still waiting for a slot or inside one long step."""
+    if context.deadline is None:
+        return await awaitable
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(loop.time() + (context.deadline - time.monotonic())):
+            return await awaitable
+    except TimeoutError:
+        raise _expired(context) from None
+
+
+def _cancel_at_deadline(task: asyncio.Task, context: HttpCallContext) -> list[bool]:
+    """Cancel a streaming handler's task at the client's deadline; the returned flag is set if it was."""
+    fired = [False]
+    if context.deadline is not None:
+        def expire() -> None:
+            if not task.done():
+                fired[0] = True
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        handle = loop.call_at(loop.time() + (context.deadline - time.monotonic()), expire)
+        task.add_done_callback(lambda _: handle.cancel())
+    return fired
+
+
+def _failure(task: asyncio.Task, expired: list[bool], context: HttpCallContext) -> BaseException | None:
+    """How a finished streaming handler failed: its exception, DEADLINE_EXCEEDED if the deadline
+    cancelled it, or None."""
+    if task.cancelled():
+        return _expired(context) if expired[0] else None
+    return task.exception()
 
 
 def _error(exc: HttpAbort, connect_stream: bool) -> Response:
@@ -148,9 +194,10 @@ async def _next_event(task: asyncio.Task, context: HttpCallContext):
 
 async def _stream(behavior, request, context: HttpCallContext, connect_stream: bool) -> Response:
     task = asyncio.get_running_loop().create_task(behavior(request, context))
+    expired = _cancel_at_deadline(task, context)
     first = await _next_event(task, context)
     if first is None and not connect_stream:
-        failure = task.exception() if not task.cancelled() else None
+        failure = _failure(task, expired, context)
         if isinstance(failure, HttpAbort):
             return _error(failure, connect_stream)  # failed before its first message: a plain error
 
@@ -163,7 +210,7 @@ async def _stream(behavior, request, context: HttpCallContext, connect_stream: b
                 else:
                     yield b'{"result":' + to_json(message) + b"}\n"
                 message = await _next_event(task, context)
-            failure = task.exception() if not task.cancelled() else None
+            failure = _failure(task, expired, context)
             if connect_stream:
                 end: dict = {"metadata": {"x-request-id": [context.request_id]}}
                 if failure is not None:

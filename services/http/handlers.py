@@ -78,6 +78,11 @@ class HttpCallContext:
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
+    @property
+    def deadline(self) -> float | None:
+        """The client's deadline (``Connect-Timeout-Ms``), a ``time.monotonic()`` value, or None."""
+        return self._deadline
+
     def set_trailing_metadata(self, metadata) -> None:
         self._trailing = tuple(metadata)
 
