@@ -138,6 +138,28 @@ class Call:
             for release in item.on_end:
                 release()
 
+    async def within_deadline(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """``items`` until the call's deadline (a stream request's own, on ``Call.item``): waiting for
+        the next item stops at the deadline, the job is cancelled (it stops within one step) and
+        ``DeadlineExceeded`` is raised. Only the wait is timed, never the consumer between items
+        (a timeout must not span a ``yield`` of an async generator)."""
+        if self.deadline is None:
+            async for item in items:
+                yield item
+            return
+        iterator = aiter(items)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(loop.time() + (self.deadline - time.monotonic())):
+                    item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                self.cancel.cancel("the call's deadline passed")
+                raise DeadlineExceeded("the call's deadline passed before the job finished") from None
+            yield item
+
     @contextlib.asynccontextmanager
     async def deadline_scope(self):
         """Stop waiting at the call's deadline, as grpc stops a handler at its client's deadline (which

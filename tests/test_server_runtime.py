@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -399,6 +400,21 @@ def test_a_stream_item_has_its_own_token_deadline_and_releases(monkeypatch):
         assert item.deadline_passed()  # a Call method, run on the item
         call.cancel.check()  # the call goes on
     assert released == ["slot"] and call.on_end == [] and call.compute_ms == 2.0
+    async def slow_items():
+        yield 1
+        await asyncio.sleep(30)  # a request waiting for a slot, say
+        yield 2
+
+    async def read_until_deadline(item) -> tuple[list, float]:
+        got, started = [], time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            async for x in item.within_deadline(slow_items()):
+                got.append(x)
+        return got, time.monotonic() - started
+
+    with call.item(timeout=0.3) as item:
+        got, waited = asyncio.run(read_until_deadline(item))
+        assert got == [1] and 0.25 < waited < 2 and item.cancel.cancelled and not call.cancel.cancelled
     with call.item() as item:
         call.cancel.cancel("cancelled by the caller")
         assert item.cancel.cancelled

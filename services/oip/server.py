@@ -230,7 +230,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 # each request's own limits: its ``timeout`` and its model's timeout_s and max_concurrency
                 with call.item(request_timeout(req.parameters)) as item:
                     _service, adapter, _manifest = await self.locate(req.model, req.version, item)
-                    async for result in adapter.stream(req, item):
+                    async for result in item.within_deadline(adapter.stream(req, item)):
                         yield pb.ModelStreamInferResponse(infer_response=self._response(req, result, stream=True))
             except asyncio.CancelledError:
                 raise
