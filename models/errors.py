@@ -113,6 +113,9 @@ class DeadlineExceeded(PixelRPCError):
     """The job ran out of its deadline (DEADLINE_EXCEEDED)."""
 
 
+DEADLINE_PASSED = "the call's deadline passed before the job finished"  # DeadlineExceeded's usual message
+
+
 class StreamStalled(PixelRPCError):
     """A stream's client read nothing for the stall limit; the stream was ended (ABORTED)."""
 
@@ -148,4 +151,4 @@ class CancelToken:
         if self._cancelled:
             raise Cancelled(self.reason or "cancelled")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise DeadlineExceeded("the call's deadline passed before the job finished")
+            raise DeadlineExceeded(DEADLINE_PASSED)

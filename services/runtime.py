@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pixelrpc.models.errors import CancelToken, DeadlineExceeded, Overloaded, PixelRPCError
+from pixelrpc.models.errors import DEADLINE_PASSED, CancelToken, DeadlineExceeded, Overloaded, PixelRPCError
 from pixelrpc.models.imaging import WorkingPlan
 from pixelrpc.models.registry import LoadedModel
 from pixelrpc.services import tracing
@@ -157,7 +157,7 @@ class Call:
                 return
             except TimeoutError:
                 self.cancel.cancel("the call's deadline passed")
-                raise DeadlineExceeded("the call's deadline passed before the job finished") from None
+                raise DeadlineExceeded(DEADLINE_PASSED) from None
             yield item
 
     @contextlib.asynccontextmanager
@@ -174,7 +174,7 @@ class Call:
                 yield
         except TimeoutError:
             self.cancel.cancel("the call's deadline passed")
-            raise DeadlineExceeded("the call's deadline passed before the job finished") from None
+            raise DeadlineExceeded(DEADLINE_PASSED) from None
 
     # ---- streams (services/streaming.py): the slot of the streaming job now running, if any
     _lease: SlotLease | None = None

@@ -31,7 +31,7 @@ import grpc
 from google.protobuf import json_format
 from starlette.responses import Response, StreamingResponse
 
-from pixelrpc.models.errors import InvalidInput, clip
+from pixelrpc.models.errors import DEADLINE_PASSED, InvalidInput, clip
 from pixelrpc.services.http.errors import error_body, error_response_parts, plain_abort
 from pixelrpc.services.http.handlers import HttpAbort, HttpCallContext
 
@@ -121,11 +121,8 @@ async def call_method(handler, body: bytes, content_type: str, context: HttpCall
     return await _stream(behavior, request, context, connect_stream)
 
 
-DEADLINE_MESSAGE = "the call's deadline passed before the job finished"
-
-
 def _expired(context: HttpCallContext) -> HttpAbort:
-    return plain_abort(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, context.request_id)
+    return plain_abort(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_PASSED, context.request_id)
 
 
 async def _within_deadline(awaitable, context: HttpCallContext):
