@@ -54,6 +54,12 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DEADLINE_SLACK_S = 0.05
 
 
+def on_loop_clock(deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the running event loop's clock (``asyncio.timeout_at``,
+    ``loop.call_at``)."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
 class Call:
     """One RPC as a servicer sees it."""
 
@@ -148,10 +154,9 @@ class Call:
                 yield item
             return
         iterator = aiter(items)
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                async with asyncio.timeout_at(loop.time() + (self.deadline - time.monotonic())):
+                async with asyncio.timeout_at(on_loop_clock(self.deadline)):
                     item = await anext(iterator)
             except StopAsyncIteration:
                 return
@@ -168,9 +173,8 @@ class Call:
         if self.deadline is None:
             yield
             return
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(loop.time() + (self.deadline - time.monotonic())):
+            async with asyncio.timeout_at(on_loop_clock(self.deadline)):
                 yield
         except TimeoutError:
             self.cancel.cancel("the call's deadline passed")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -34,6 +33,7 @@ from starlette.responses import Response, StreamingResponse
 from pixelrpc.models.errors import DEADLINE_PASSED, InvalidInput, clip
 from pixelrpc.services.http.errors import error_body, error_response_parts, plain_abort
 from pixelrpc.services.http.handlers import HttpAbort, HttpCallContext
+from pixelrpc.services.runtime import on_loop_clock
 
 CONNECT_JSON = "application/connect+json"
 NDJSON = "application/x-ndjson"
@@ -132,9 +132,8 @@ async def _within_deadline(awaitable, context: HttpCallContext):
     it was still waiting for a slot or inside one long step."""
     if context.deadline is None:
         return await awaitable
-    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout_at(loop.time() + (context.deadline - time.monotonic())):
+        async with asyncio.timeout_at(on_loop_clock(context.deadline)):
             return await awaitable
     except TimeoutError:
         raise _expired(context) from None
@@ -149,8 +148,7 @@ def _cancel_at_deadline(task: asyncio.Task, context: HttpCallContext) -> list[bo
                 fired[0] = True
                 task.cancel()
 
-        loop = asyncio.get_running_loop()
-        handle = loop.call_at(loop.time() + (context.deadline - time.monotonic()), expire)
+        handle = asyncio.get_running_loop().call_at(on_loop_clock(context.deadline), expire)
         task.add_done_callback(lambda _: handle.cancel())
     return fired
 
