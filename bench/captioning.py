@@ -383,12 +383,12 @@ def main() -> int:
     print(f"captioning benchmark: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
           f"{os.cpu_count()} CPUs, medians of {args.repeats} interleaved repeats "
           f"(in-process rows: the median of {args.processes} processes)")
-    model = make_model("lstm")
     in_process_rows(parts & {"decode"}, args)
     if "grpc" in parts:
         from pixelrpc.models.captioning.captioning_rnn import save_to_registry
         from pixelrpc.models.registry import Registry
 
+        model = make_model("lstm")
         with tempfile.TemporaryDirectory() as tmp:
             save_to_registry(model, Registry(tmp), "bench")
             grpc_rows(model, tmp, args.clients, args.seconds, args.threads, args.repeats)

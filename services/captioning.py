@@ -236,15 +236,11 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
         return CaptionPlan(loaded, features, options, encoder)
 
     # ------------------------------------------------------------------ decoding
-    def batcher_for(self, loaded: LoadedModel) -> ModelBatcher | None:
-        """The model's batcher, or None when batching is off (max_batch_size 1)."""
-        return batcher_for(self.ctx, loaded)
-
     async def events(self, plan: CaptionPlan, call: Call, want_tokens: bool,
                      run=None) -> AsyncIterator[TokenEvent | Finished]:
         """Decode through the model's batcher; without one, in the executor (``run``: see ``plan``)."""
-        batcher = self.batcher_for(plan.loaded)
-        dtype = self.decode_dtype(plan.loaded)
+        batcher = batcher_for(self.ctx, plan.loaded)
+        dtype = decode_dtype_of(self.ctx, plan.loaded)
         if batcher is None:  # one execution, one inference: a batch of one
             for count in self.ctx.metrics.batch_observer(self.ctx.name, plan.loaded.manifest.ref):
                 count(1)
@@ -262,12 +258,9 @@ class CaptioningServicer(pb_grpc.CaptioningServiceServicer):
                                                dtype=dtype)
             yield Finished(captions)
 
-    def decode_dtype(self, loaded: LoadedModel) -> str | None:
-        return decode_dtype_of(self.ctx, loaded)
-
     async def caption(self, job: pb.CaptionJob, call: Call, run=None) -> pb.CaptionResult:
         plan = await self.plan(job, call, run)
-        batcher = self.batcher_for(plan.loaded)
+        batcher = batcher_for(self.ctx, plan.loaded)
         if batcher is not None:  # the common path, without an async generator per request
             with tracing.span(self.ctx.tracer, "decode caption (batched)", {
                     tracing.MODEL_ATTR: plan.loaded.manifest.ref, tracing.REQUEST_ID_ATTR: call.request_id}):

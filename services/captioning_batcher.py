@@ -106,6 +106,11 @@ class ModelBatcher:
         return not self.pending and not self._in_loop
 
     @property
+    def _in_loop_count(self) -> int:
+        """Requests in the decoding loop's batch or sent to it and not yet admitted."""
+        return len(self.active) + sum(len(r) for r in self.sent.values())
+
+    @property
     def _in_loop(self) -> bool:
         """Whether the decoding loop has requests of this batcher, or steps it has not reported yet."""
         return bool(self.active or self.sent or self.leaving)
@@ -221,7 +226,7 @@ class ModelBatcher:
                 self._finish(request, error)
                 self._new_batch = True
         admit = []
-        room = self.policy.max_batch_size - len(self.active) - sum(len(r) for r in self.sent.values())
+        room = self.policy.max_batch_size - self._in_loop_count
         while self.pending and len(admit) < room:
             request = self.pending.popleft()
             error = self._stop_reason(request)
@@ -289,8 +294,7 @@ class ModelBatcher:
         if report.failed is not None:
             exc = report.failed
             if not isinstance(exc, PixelRPCError):  # a decoding bug fails the batch, not the server
-                log.error("caption decoding failed; failing %d requests: %r",
-                          len(self.active) + sum(len(r) for r in self.sent.values()), exc)
+                log.error("caption decoding failed; failing %d requests: %r", self._in_loop_count, exc)
             self._fail_all(exc)
         if self.pending or left_meanwhile or not self._in_loop:  # room freed, someone to drop, or nothing
             self._kick()  # left (the job slot goes back); arrivals and departures kick by themselves

@@ -27,7 +27,7 @@ from pixelrpc.models.captioning.explain import (
 )
 from pixelrpc.models.captioning.features import load_pinned_encoder
 from pixelrpc.models.errors import FailedPrecondition, InvalidInput
-from pixelrpc.services.captioning import DEFAULT_MAX_LENGTH, DEFAULT_MODELS
+from pixelrpc.services.captioning import DEFAULT_MAX_LENGTH, DEFAULT_MODELS, decode_dtype_of
 from pixelrpc.services.convert import image_pb_from_pil, numpy_to_tensor
 from pixelrpc.services.runtime import Call
 from pixelrpc.v1 import captioning_pb2 as pb
@@ -75,7 +75,7 @@ async def explain_caption(servicer, request: pb.ExplainCaptionRequest, call: Cal
 
     admitted = await call.admit_images(items, await call.control(plan))
     geometry = admitted.plans[0].geometry
-    dtype = servicer.decode_dtype(loaded)
+    dtype = decode_dtype_of(servicer.ctx, loaded)
     render = bool(request.render_overlays)
 
     def job():

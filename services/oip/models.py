@@ -395,7 +395,9 @@ class CaptionerAdapter(Adapter):
     async def _decode(self, plan, call: Call):
         """One row through the model's dynamic batcher (``batcher_for``, shared with the native API),
         or alone in the executor when batching is off; returns its ``Finished``."""
-        batcher = self.servicer.batcher_for(plan.loaded)
+        from pixelrpc.services.captioning import batcher_for
+
+        batcher = batcher_for(self.ctx, plan.loaded)
         if batcher is not None:
             finished = await batcher.decode(plan.features, plan.options, call.cancel)
             call.compute_ms += finished.compute_ms
